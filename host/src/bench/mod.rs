@@ -1,0 +1,265 @@
+//! `weir bench`: the same workloads as the Flink comparison job, run in this
+//! process with the example Wasm operators, and where a native version
+//! exists, the same logic as a native operator through the same runtime path,
+//! in the same run, so the ratio is measured under the same conditions.
+//!
+//! Each measured figure is the median of `runs` runs after one warm-up run.
+//! The output's last line is one JSON object.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::graph::spec::JobSpec;
+use crate::runtime::{JobEnv, JobError, JobReport};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// value + 1, keep 50% (map + filter, chained with the source).
+    Passthrough,
+    /// Per-key counter in value state, key = i % 10000.
+    KeyedCount,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub workload: Workload,
+    pub events: u64,
+    pub parallelism: u32,
+    pub state: String,
+    pub checkpoint_interval_ms: u64,
+    pub runs: usize,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub workload: &'static str,
+    pub events: u64,
+    pub parallelism: u32,
+    pub state: String,
+    pub checkpoint_interval_ms: u64,
+    pub batch_size: usize,
+    pub runs: usize,
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub events_per_sec: f64,
+    pub events_per_cpu_sec: f64,
+    pub p99_latency_ms: f64,
+    pub peak_rss_bytes: u64,
+    pub native_events_per_sec: Option<f64>,
+    pub native_cpu_seconds: Option<f64>,
+    pub wasm_vs_native: Option<f64>,
+    pub output_ok: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error("workload {workload}: wrong output: {problem}")]
+    WrongOutput { workload: String, problem: String },
+}
+
+const KEYS: u64 = 10_000;
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Passthrough => "passthrough",
+            Workload::KeyedCount => "keyed-count",
+        }
+    }
+
+    fn spec(self, o: &BenchOptions, native: bool) -> JobSpec {
+        let operator = match (self, native) {
+            (Workload::Passthrough, false) => "{name: op, module: passthrough}",
+            (Workload::Passthrough, true) => "{name: op, native: passthrough}",
+            (Workload::KeyedCount, false) => "{name: op, module: keyed-count, input: key}",
+            (Workload::KeyedCount, true) => "{name: op, native: keyed-count, input: key}",
+        };
+        let text = format!(
+            "name: bench-{}\nparallelism: {}\nbatch: {{size: {}}}\n\
+             source: {{type: generator, events: {}, keys: {KEYS}}}\n\
+             operators: [{operator}]\nsink: {{type: discard}}\n",
+            self.name(),
+            o.parallelism,
+            o.batch_size,
+            o.events
+        );
+        JobSpec::parse(&text).expect("bench specs are valid")
+    }
+
+    /// Checks count and content of the output against the definition.
+    fn check(self, events: u64, report: &JobReport) -> Result<(), String> {
+        let (records, sum) = match self {
+            Workload::Passthrough => {
+                // i odd <=> i + 1 even: keep i + 1 for odd i.
+                let odd = events / 2;
+                let sum = (0..events)
+                    .filter(|i| i % 2 == 1)
+                    .fold(0u64, |s, i| s.wrapping_add(i + 1));
+                (odd, sum)
+            }
+            Workload::KeyedCount => {
+                let sum = (0..KEYS.min(events)).fold(0u64, |s, k| {
+                    let c = events / KEYS + u64::from(k < events % KEYS);
+                    s.wrapping_add(c * (c + 1) / 2)
+                });
+                (events, sum)
+            }
+        };
+        if report.sink_records != records || report.sink_value_sum != sum {
+            return Err(format!(
+                "expected {records} records summing to {sum}, got {} summing to {}",
+                report.sink_records, report.sink_value_sum
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// CPU seconds (user + system) used by this process so far.
+pub fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete `rusage` into the pointer we pass,
+    // which points to properly sized and aligned storage.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return 0.0;
+    }
+    // SAFETY: rc == 0, so getrusage initialised the struct.
+    let u = unsafe { usage.assume_init() };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// The process's peak resident set size in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+struct Measured {
+    seconds: f64,
+    cpu_seconds: f64,
+    p99: Option<Duration>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn measure(
+    workload: Workload,
+    o: &BenchOptions,
+    env: &JobEnv,
+    native: bool,
+) -> Result<Vec<Measured>, BenchError> {
+    let spec = workload.spec(o, native);
+    let warmup = JobSpec {
+        source: match &spec.source {
+            crate::graph::spec::SourceSpec::Generator(_) => {
+                workload
+                    .spec(
+                        &BenchOptions {
+                            events: (o.events / 10).max(10_000),
+                            ..o.clone()
+                        },
+                        native,
+                    )
+                    .source
+            }
+            other => other.clone(),
+        },
+        ..spec.clone()
+    };
+    crate::runtime::run(&warmup, env)?;
+    let mut out = Vec::new();
+    for _ in 0..o.runs.max(1) {
+        let cpu0 = cpu_seconds();
+        let report = crate::runtime::run(&spec, env)?;
+        let cpu = cpu_seconds() - cpu0;
+        workload
+            .check(o.events, &report)
+            .map_err(|problem| BenchError::WrongOutput {
+                workload: format!(
+                    "{}{}",
+                    workload.name(),
+                    if native { " (native)" } else { "" }
+                ),
+                problem,
+            })?;
+        out.push(Measured {
+            seconds: report.elapsed.as_secs_f64(),
+            cpu_seconds: cpu,
+            p99: report.latency.quantile(0.99),
+        });
+    }
+    Ok(out)
+}
+
+pub fn run(o: &BenchOptions, env: &JobEnv) -> Result<BenchResult, BenchError> {
+    if o.state != "memory" {
+        return Err(BenchError::Unsupported(format!(
+            "state backend `{}` is not available in this build; use memory",
+            o.state
+        )));
+    }
+    if o.checkpoint_interval_ms != 0 {
+        return Err(BenchError::Unsupported(
+            "checkpoints are not available in this build; use --checkpoint-interval 0".into(),
+        ));
+    }
+    let wasm = measure(o.workload, o, env, false)?;
+    let native = measure(o.workload, o, env, true)?;
+    let seconds = median(wasm.iter().map(|m| m.seconds).collect());
+    let cpu = median(wasm.iter().map(|m| m.cpu_seconds).collect());
+    let p99 = median(
+        wasm.iter()
+            .map(|m| m.p99.map_or(0.0, |d| d.as_secs_f64() * 1e3))
+            .collect(),
+    );
+    let native_seconds = median(native.iter().map(|m| m.seconds).collect());
+    let native_cpu = median(native.iter().map(|m| m.cpu_seconds).collect());
+    let eps = o.events as f64 / seconds;
+    let native_eps = o.events as f64 / native_seconds;
+    Ok(BenchResult {
+        workload: o.workload.name(),
+        events: o.events,
+        parallelism: o.parallelism,
+        state: o.state.clone(),
+        checkpoint_interval_ms: o.checkpoint_interval_ms,
+        batch_size: o.batch_size,
+        runs: o.runs.max(1),
+        seconds,
+        cpu_seconds: cpu,
+        events_per_sec: eps,
+        events_per_cpu_sec: o.events as f64 / cpu.max(1e-9),
+        p99_latency_ms: p99,
+        peak_rss_bytes: peak_rss_bytes(),
+        native_events_per_sec: Some(native_eps),
+        native_cpu_seconds: Some(native_cpu),
+        wasm_vs_native: Some(eps / native_eps),
+        output_ok: true,
+    })
+}
+
+/// Where the bench looks for example modules when none are given.
+pub fn default_module_dirs() -> Vec<PathBuf> {
+    std::env::var_os("WEIR_MODULE_DIR")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,202 @@
+//! The `weir` command line: `run` a job spec in this process, `validate` a
+//! spec, `bench` a workload. Exit codes: 0 success, 1 the job or bench
+//! failed, 2 bad usage or a bad spec.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::bench::{BenchOptions, Workload};
+use crate::graph::JobSpec;
+use crate::runtime::{JobEnv, JobError};
+use crate::wasm::{SandboxPolicy, WasmRuntime};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir",
+    version,
+    about = "Stateful stream processing with WebAssembly operators"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModuleArgs {
+    /// Folder to look up module names in (repeatable; also $WEIR_MODULE_DIR).
+    #[arg(long = "module-dir")]
+    pub module_dirs: Vec<PathBuf>,
+    /// Folder for compiled modules (default: $WEIR_CACHE_DIR or none).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a job spec in this process until its sources are exhausted.
+    Run {
+        spec: PathBuf,
+        #[command(flatten)]
+        modules: ModuleArgs,
+    },
+    /// Check a job spec and print what is wrong with it.
+    Validate { spec: PathBuf },
+    /// Run a benchmark workload and print its figures as JSON (last line).
+    Bench {
+        #[arg(value_enum)]
+        workload: Workload,
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1)]
+        parallelism: u32,
+        #[arg(long, default_value = "memory")]
+        state: String,
+        #[arg(long, default_value_t = 0)]
+        checkpoint_interval: u64,
+        /// Measured runs per variant; figures are medians.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        #[command(flatten)]
+        modules: ModuleArgs,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn job_env(modules: &ModuleArgs) -> anyhow::Result<JobEnv> {
+    let cache_dir = modules
+        .cache_dir
+        .clone()
+        .or_else(|| std::env::var_os("WEIR_CACHE_DIR").map(PathBuf::from));
+    let wasm = WasmRuntime::new(SandboxPolicy::default(), cache_dir.as_deref())?;
+    let mut module_dirs = modules.module_dirs.clone();
+    module_dirs.extend(crate::bench::default_module_dirs());
+    Ok(JobEnv { wasm, module_dirs })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Validate { spec } => match JobSpec::load(&spec) {
+            Ok(s) => {
+                println!("{}: valid job `{}`", spec.display(), s.name);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { spec, modules } => {
+            let env = match job_env(&modules) {
+                Ok(env) => env,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(1);
+                }
+            };
+            match crate::runtime::run_file(&spec, &env) {
+                Ok(report) => {
+                    eprintln!(
+                        "job finished: {} records in, {} out, {:.3}s, p99 latency {:.2} ms{}",
+                        report.records_in,
+                        report.sink_records,
+                        report.elapsed.as_secs_f64(),
+                        report
+                            .latency
+                            .quantile(0.99)
+                            .map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                        side_summary(&report)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e @ JobError::Spec(_)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Bench {
+            workload,
+            events,
+            parallelism,
+            state,
+            checkpoint_interval,
+            runs,
+            batch_size,
+            modules,
+        } => {
+            let env = match job_env(&modules) {
+                Ok(env) => env,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(1);
+                }
+            };
+            let options = BenchOptions {
+                workload,
+                events,
+                parallelism,
+                state,
+                checkpoint_interval_ms: checkpoint_interval,
+                runs,
+                batch_size,
+            };
+            match crate::bench::run(&options, &env) {
+                Ok(result) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&result).expect("bench results serialize")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn side_summary(report: &crate::runtime::JobReport) -> String {
+    let mut s = String::new();
+    for (name, n) in &report.side_records {
+        s.push_str(&format!(", side output {name}: {n}"));
+    }
+    if report.unrouted_side_records > 0 {
+        s.push_str(&format!(
+            ", {} side-output records had no sink in the spec",
+            report.unrouted_side_records
+        ));
+    }
+    s
+}

@@ -1,0 +1,617 @@
+//! The job spec: what a user writes (YAML or JSON) to describe a job.
+//!
+//! Parsing rejects unknown fields; [`JobSpec::validate`] then checks every
+//! value and names the field that is wrong (`operators[1].parallelism: must be
+//! at least 1`), so a bad spec never reaches the runtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::keygroups::DEFAULT_MAX_PARALLELISM;
+
+/// A bad job spec: which field and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read job spec {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("job spec does not parse: {0}")]
+    Parse(String),
+    #[error("job spec field `{field}`: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    /// Default parallelism of sources, operators and sinks.
+    #[serde(default = "one")]
+    pub parallelism: u32,
+    /// Number of key groups; the upper bound of any operator's parallelism.
+    #[serde(default = "default_max_parallelism")]
+    pub max_parallelism: u32,
+    #[serde(default)]
+    pub state: StateBackendKind,
+    #[serde(default)]
+    pub batch: BatchSpec,
+    pub source: SourceSpec,
+    pub operators: Vec<OperatorSpec>,
+    pub sink: SinkSpec,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_max_parallelism() -> u32 {
+    DEFAULT_MAX_PARALLELISM
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateBackendKind {
+    #[default]
+    Memory,
+    Rocksdb,
+}
+
+/// How records are grouped on the way between tasks.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// A batch is sent when it holds this many records...
+    #[serde(default = "default_batch_size")]
+    pub size: usize,
+    /// ...or when its oldest record has waited this long.
+    #[serde(default = "default_linger", deserialize_with = "duration")]
+    pub linger: Duration,
+}
+
+fn default_batch_size() -> usize {
+    256
+}
+
+fn default_linger() -> Duration {
+    Duration::from_millis(5)
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        BatchSpec {
+            size: default_batch_size(),
+            linger: default_linger(),
+        }
+    }
+}
+
+/// A source, chosen by its `type` field.
+#[derive(Clone, Debug)]
+pub enum SourceSpec {
+    Generator(GeneratorSource),
+    File(FileSource),
+}
+
+/// Event `i` of `0..events`: key `i % keys`, event time `i / events_per_ms`
+/// ms, value `i`. Instance `k` of `p` emits `i = k, k + p, k + 2p, ...`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorSource {
+    pub events: u64,
+    #[serde(default = "default_keys")]
+    pub keys: u64,
+    #[serde(default = "one_u64")]
+    pub events_per_ms: u64,
+    #[serde(default)]
+    pub format: GeneratorFormat,
+    pub parallelism: Option<u32>,
+    #[serde(default)]
+    pub watermark: WatermarkSpec,
+}
+
+/// A file of lines, read once from the start.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSource {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: FileFormat,
+    /// JSON field whose value becomes the record key.
+    pub key_field: Option<String>,
+    /// JSON field holding the event time in milliseconds.
+    pub timestamp_field: Option<String>,
+    #[serde(default)]
+    pub watermark: WatermarkSpec,
+}
+
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (kind, body) = split_tag(d)?;
+        match kind.as_str() {
+            "generator" => tagged_body(body).map(SourceSpec::Generator),
+            "file" => tagged_body(body).map(SourceSpec::File),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown source type `{other}`, expected `generator` or `file`"
+            ))),
+        }
+    }
+}
+
+/// Takes the `type` field off a mapping.
+fn split_tag<'de, D: Deserializer<'de>>(d: D) -> Result<(String, serde_yaml::Value), D::Error> {
+    use serde::de::Error;
+    let mut map = serde_yaml::Mapping::deserialize(d)?;
+    let kind = map
+        .remove("type")
+        .ok_or_else(|| D::Error::custom("missing field `type`"))?;
+    let kind = kind
+        .as_str()
+        .ok_or_else(|| D::Error::custom("field `type` must be a string"))?
+        .to_owned();
+    Ok((kind, serde_yaml::Value::Mapping(map)))
+}
+
+/// Deserializes the rest of a tagged mapping, keeping the path of a bad field
+/// (serde's own internally tagged enums lose it).
+fn tagged_body<T: serde::de::DeserializeOwned, E: serde::de::Error>(
+    body: serde_yaml::Value,
+) -> Result<T, E> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            E::custom(e.inner())
+        } else {
+            E::custom(format!("{path}: {}", e.inner()))
+        }
+    })
+}
+
+fn default_keys() -> u64 {
+    10_000
+}
+
+fn one_u64() -> u64 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneratorFormat {
+    /// Key and value as little-endian u64s (8 bytes each).
+    #[default]
+    Binary,
+    /// Key and value as decimal text.
+    Text,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileFormat {
+    /// Each line is a JSON object, the record's value is the line.
+    #[default]
+    Json,
+    /// Each line is the record's value; no key, event time = line number.
+    Lines,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkSpec {
+    /// Watermark = highest event time seen - this - 1 ms.
+    #[serde(default, deserialize_with = "duration")]
+    pub max_out_of_orderness: Duration,
+    /// How often a source instance publishes its watermark.
+    #[serde(default = "default_watermark_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+fn default_watermark_interval() -> Duration {
+    Duration::from_millis(20)
+}
+
+impl Default for WatermarkSpec {
+    fn default() -> Self {
+        WatermarkSpec {
+            max_out_of_orderness: Duration::ZERO,
+            interval: default_watermark_interval(),
+        }
+    }
+}
+
+/// How records reach an operator from the step before it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Partitioning {
+    /// Same instance index; chained into one task when parallelism matches.
+    #[default]
+    Forward,
+    /// By key group of the record key: required for keyed state.
+    Key,
+    /// Round robin over the next step's instances.
+    Rebalance,
+    /// Every record to every instance.
+    Broadcast,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorSpec {
+    pub name: String,
+    /// A Wasm module: a path ending in `.wasm` (relative to the spec file)
+    /// or a module name looked up in the module directories.
+    pub module: Option<String>,
+    /// A built-in native operator (`keyed-count`, `passthrough`), for
+    /// comparison with the Wasm versions.
+    pub native: Option<String>,
+    #[serde(default)]
+    pub input: Partitioning,
+    pub parallelism: Option<u32>,
+    /// Handed to the operator's `init` as JSON.
+    pub config: Option<serde_json::Value>,
+    /// Where each declared side output goes.
+    #[serde(default)]
+    pub side_outputs: BTreeMap<String, SinkSpec>,
+}
+
+/// A sink, chosen by its `type` field.
+#[derive(Clone, Debug)]
+pub enum SinkSpec {
+    Stdout {
+        format: SinkFormat,
+    },
+    File {
+        path: PathBuf,
+        format: SinkFormat,
+    },
+    /// Counts records and drops them (benchmarks).
+    Discard,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StdoutSink {
+    #[serde(default)]
+    format: SinkFormat,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSink {
+    path: PathBuf,
+    #[serde(default)]
+    format: SinkFormat,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscardSink {}
+
+impl<'de> Deserialize<'de> for SinkSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (kind, body) = split_tag(d)?;
+        match kind.as_str() {
+            "stdout" => {
+                tagged_body(body).map(|s: StdoutSink| SinkSpec::Stdout { format: s.format })
+            }
+            "file" => tagged_body(body).map(|s: FileSink| SinkSpec::File {
+                path: s.path,
+                format: s.format,
+            }),
+            "discard" => tagged_body(body).map(|_: DiscardSink| SinkSpec::Discard),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown sink type `{other}`, expected `stdout`, `file` or `discard`"
+            ))),
+        }
+    }
+}
+
+/// How a sink renders records as lines.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkFormat {
+    #[serde(default)]
+    pub key: BytesFormat,
+    #[serde(default)]
+    pub value: BytesFormat,
+}
+
+impl Default for SinkFormat {
+    fn default() -> Self {
+        SinkFormat {
+            key: BytesFormat::Text,
+            value: BytesFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BytesFormat {
+    /// UTF-8 text; a JSON value is embedded as JSON.
+    #[default]
+    Text,
+    /// A little-endian u64, printed as a number.
+    U64,
+    /// Hexadecimal.
+    Hex,
+}
+
+/// Accepts `250ms`, `5s`, `2m`, `1h` or a number of milliseconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Millis(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 250ms, 5s, 2m or 1h"))?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        other => return Err(format!("unknown duration unit `{other}` in `{text}`")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+impl JobSpec {
+    /// Parses YAML (JSON is YAML too) and validates.
+    pub fn parse(text: &str) -> Result<JobSpec, SpecError> {
+        let spec: JobSpec = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
+            text,
+        ))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                SpecError::Parse(e.inner().to_string())
+            } else {
+                SpecError::Parse(format!("{path}: {}", e.inner()))
+            }
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Reads a spec file; relative paths inside it are resolved against its folder.
+    pub fn load(path: &Path) -> Result<JobSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut spec = JobSpec::parse(&text)?;
+        spec.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(spec)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let SourceSpec::File(f) = &mut self.source {
+            resolve(&mut f.path);
+        }
+        let sinks = std::iter::once(&mut self.sink).chain(
+            self.operators
+                .iter_mut()
+                .flat_map(|o| o.side_outputs.values_mut()),
+        );
+        for sink in sinks {
+            if let SinkSpec::File { path, .. } = sink {
+                resolve(path);
+            }
+        }
+        for op in &mut self.operators {
+            if let Some(m) = &mut op.module
+                && m.ends_with(".wasm")
+                && Path::new(m.as_str()).is_relative()
+            {
+                *m = base.join(&*m).to_string_lossy().into_owned();
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        check_name("name", &self.name)?;
+        if self.max_parallelism == 0 || self.max_parallelism > 32_768 {
+            return Err(invalid("max_parallelism", "must be between 1 and 32768"));
+        }
+        check_parallelism("parallelism", self.parallelism, self.max_parallelism)?;
+        if self.batch.size == 0 || self.batch.size > 1 << 20 {
+            return Err(invalid("batch.size", "must be between 1 and 1048576"));
+        }
+        match &self.source {
+            SourceSpec::Generator(GeneratorSource {
+                keys,
+                events_per_ms,
+                parallelism,
+                ..
+            }) => {
+                if *keys == 0 {
+                    return Err(invalid("source.keys", "must be at least 1"));
+                }
+                if *events_per_ms == 0 {
+                    return Err(invalid("source.events_per_ms", "must be at least 1"));
+                }
+                if let Some(p) = parallelism {
+                    check_parallelism("source.parallelism", *p, self.max_parallelism)?;
+                }
+            }
+            SourceSpec::File(FileSource {
+                format,
+                key_field,
+                timestamp_field,
+                ..
+            }) => {
+                if *format == FileFormat::Lines
+                    && (key_field.is_some() || timestamp_field.is_some())
+                {
+                    return Err(invalid(
+                        "source.key_field",
+                        "key_field and timestamp_field need format: json",
+                    ));
+                }
+            }
+        }
+        if self.operators.is_empty() {
+            return Err(invalid("operators", "a job needs at least one operator"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, op) in self.operators.iter().enumerate() {
+            let field = |f: &str| format!("operators[{i}].{f}");
+            check_name(&field("name"), &op.name)?;
+            if !names.insert(op.name.as_str()) {
+                return Err(invalid(
+                    field("name"),
+                    format!("`{}` is used by two operators", op.name),
+                ));
+            }
+            match (&op.module, &op.native) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        field("module"),
+                        "give `module` or `native`, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        field("module"),
+                        "missing: name the operator's Wasm module",
+                    ));
+                }
+                (None, Some(n)) if !crate::operators::NATIVE.contains(&n.as_str()) => {
+                    return Err(invalid(
+                        field("native"),
+                        format!(
+                            "unknown native operator `{n}`; known: {}",
+                            crate::operators::NATIVE.join(", ")
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(p) = op.parallelism {
+                check_parallelism(&field("parallelism"), p, self.max_parallelism)?;
+            }
+            for name in op.side_outputs.keys() {
+                check_name(&field(&format!("side_outputs.{name}")), name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parallelism of operator `i`.
+    pub fn operator_parallelism(&self, i: usize) -> u32 {
+        self.operators[i].parallelism.unwrap_or(self.parallelism)
+    }
+
+    pub fn source_parallelism(&self) -> u32 {
+        match &self.source {
+            SourceSpec::Generator(g) => g.parallelism.unwrap_or(self.parallelism),
+            SourceSpec::File(_) => 1,
+        }
+    }
+
+    pub fn watermark(&self) -> WatermarkSpec {
+        match &self.source {
+            SourceSpec::Generator(g) => g.watermark,
+            SourceSpec::File(f) => f.watermark,
+        }
+    }
+}
+
+fn check_parallelism(field: &str, p: u32, max: u32) -> Result<(), SpecError> {
+    if p == 0 {
+        return Err(invalid(field, "must be at least 1"));
+    }
+    if p > max {
+        return Err(invalid(
+            field,
+            format!("{p} is above max_parallelism ({max})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Names become file and metric names: keep them to a safe alphabet.
+pub fn check_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("`{name}` must be 1-64 characters of a-z, A-Z, 0-9, '-' or '_'"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+name: j
+source: {type: generator, events: 10}
+operators: [{name: a, native: passthrough}]
+sink: {type: discard}
+";
+
+    #[test]
+    fn minimal_spec_parses_with_defaults() {
+        let spec = JobSpec::parse(MINIMAL).unwrap();
+        assert_eq!(spec.max_parallelism, 128);
+        assert_eq!(spec.batch.size, 256);
+        assert_eq!(spec.state, StateBackendKind::Memory);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = MINIMAL.replace("name: a,", "name: a, parallelism: 0,");
+        let err = JobSpec::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("operators[0].parallelism"), "{err}");
+        let bad = MINIMAL.replace("events: 10", "events: 10, colour: red");
+        let err = JobSpec::parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

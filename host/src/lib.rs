@@ -1,0 +1,26 @@
+//! Weir: a stateful stream-processing engine whose operators are
+//! WebAssembly components.
+//!
+//! Map of the crate:
+//! - [`graph`]: the job spec (YAML/JSON) and its validation, planning a job
+//!   into chained task groups, and the key -> key group -> instance mapping.
+//! - [`runtime`]: record batches, the [`runtime::Operator`] interface, routers
+//!   with bounded channels (backpressure), the task loop, running a job.
+//! - [`state`]: the [`state::StateBackend`] trait and the in-memory backend.
+//! - [`time`]: watermark generation, min-of-inputs, the timer service.
+//! - [`wasm`]: the sandboxed engine, compile cache, host side of the guest
+//!   contract (`guest-sdk/wit`), and the operator that drives a guest.
+//! - [`connectors`]: generator and file sources; stdout, file, discard sinks.
+//! - [`operators`]: native twins of the example operators, for benchmarks.
+//! - [`bench`]: `weir bench`.
+//! - [`cli`]: the `weir` command line.
+
+pub mod bench;
+pub mod cli;
+pub mod connectors;
+pub mod graph;
+pub mod operators;
+pub mod runtime;
+pub mod state;
+pub mod time;
+pub mod wasm;

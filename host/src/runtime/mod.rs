@@ -1,0 +1,13 @@
+//! The dataflow runtime: record batches, the operator interface, routers
+//! between task groups, the task loop, and running a whole job.
+
+pub mod batch;
+pub mod job;
+pub mod latency;
+pub mod operator;
+pub mod router;
+pub mod task;
+
+pub use batch::{RecordBatch, RecordRef};
+pub use job::{JobEnv, JobError, JobReport, run, run_file};
+pub use operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};

@@ -1,0 +1,113 @@
+//! The operator interface every task drives, Wasm or native.
+//!
+//! An operator sees whole batches, owns its keyed state and timers, and
+//! writes to an [`Output`]. Only [`Operator::process`] is required; the
+//! watermark and processing-time hooks default to doing nothing.
+
+use std::ops::Range;
+
+use crate::runtime::batch::RecordBatch;
+use crate::state::StateError;
+
+/// Where an operator writes: the main output and one batch per declared
+/// side output, in declaration order.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub main: RecordBatch,
+    pub side: Vec<RecordBatch>,
+}
+
+impl Output {
+    pub fn clear(&mut self) {
+        self.main.clear();
+        for s in &mut self.side {
+            s.clear();
+        }
+    }
+}
+
+/// Which parallel instance of which operator of which job.
+#[derive(Clone, Debug)]
+pub struct InstanceInfo {
+    pub job: String,
+    pub operator: String,
+    pub instance: u32,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    pub key_groups: Range<u32>,
+    /// True when records arrive partitioned by key (keyed state is allowed).
+    pub keyed: bool,
+}
+
+/// What went wrong inside an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum FailureKind {
+    /// The user's code returned an error.
+    #[error("the operator returned an error: {0}")]
+    Guest(String),
+    /// The guest trapped (a panic, an out-of-bounds access, a failed memory grow...).
+    #[error("the guest trapped: {0}")]
+    Trap(String),
+    #[error("a call took longer than the deadline of {deadline_ms} ms and was stopped")]
+    Deadline { deadline_ms: u64 },
+    /// The guest broke the batch contract.
+    #[error("the guest returned an invalid batch: {0}")]
+    BadOutput(String),
+    #[error("init failed: {0}")]
+    Init(String),
+    #[error("state backend: {0}")]
+    State(#[from] StateError),
+}
+
+/// An operator failure, naming the job, operator and instance it happened in.
+#[derive(Debug, thiserror::Error)]
+#[error("job `{job}`, operator `{operator}` (instance {instance}): {kind}")]
+pub struct OperatorError {
+    pub job: String,
+    pub operator: String,
+    pub instance: u32,
+    pub kind: FailureKind,
+}
+
+impl OperatorError {
+    pub fn new(info: &InstanceInfo, kind: impl Into<FailureKind>) -> Self {
+        OperatorError {
+            job: info.job.clone(),
+            operator: info.operator.clone(),
+            instance: info.instance,
+            kind: kind.into(),
+        }
+    }
+
+    /// True when the user's code is at fault, not the host.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self.kind, FailureKind::State(_))
+    }
+}
+
+pub trait Operator: Send {
+    /// Side outputs this operator may write, in the order of `Output::side`.
+    fn side_outputs(&self) -> &[String] {
+        &[]
+    }
+
+    /// Handles a batch of records.
+    fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError>;
+
+    /// The operator's watermark advanced: fire due event-time timers.
+    fn advance_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<(), OperatorError> {
+        let _ = (watermark, out);
+        Ok(())
+    }
+
+    /// The wall clock reached `now`: fire due processing-time timers.
+    fn advance_processing_time(&mut self, now: i64, out: &mut Output) -> Result<(), OperatorError> {
+        let _ = (now, out);
+        Ok(())
+    }
+
+    /// The earliest registered processing-time timer, if any.
+    fn next_processing_timer(&self) -> Option<i64> {
+        None
+    }
+}

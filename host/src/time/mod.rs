@@ -1,0 +1,181 @@
+//! Event time: watermark generation, min-of-inputs tracking, timers.
+//!
+//! Watermarks are milliseconds of event time; `i64::MIN` means "nothing yet",
+//! `i64::MAX` means "this input has ended". A task's watermark is the minimum
+//! over its inputs that have not ended, and it never goes backwards.
+//! Timers fire when the watermark (event time) or the wall clock (processing
+//! time) reaches them, in timestamp order, once per (key, time).
+
+use std::collections::BTreeSet;
+
+/// Bounded out-of-orderness: watermark = highest event time seen - bound - 1.
+#[derive(Clone, Debug)]
+pub struct BoundedOutOfOrderness {
+    bound_ms: i64,
+    max_timestamp: i64,
+}
+
+impl BoundedOutOfOrderness {
+    pub fn new(bound_ms: i64) -> Self {
+        BoundedOutOfOrderness {
+            bound_ms,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    #[inline]
+    pub fn observe(&mut self, timestamp: i64) {
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+    }
+
+    pub fn current(&self) -> i64 {
+        if self.max_timestamp == i64::MIN {
+            i64::MIN
+        } else {
+            self.max_timestamp
+                .saturating_sub(self.bound_ms)
+                .saturating_sub(1)
+        }
+    }
+}
+
+/// The watermarks of a task's inputs and their minimum.
+#[derive(Clone, Debug)]
+pub struct InputWatermarks {
+    marks: Vec<i64>,
+    current: i64,
+}
+
+impl InputWatermarks {
+    pub fn new(inputs: usize) -> Self {
+        InputWatermarks {
+            marks: vec![i64::MIN; inputs],
+            current: i64::MIN,
+        }
+    }
+
+    pub fn current(&self) -> i64 {
+        self.current
+    }
+
+    /// Records an input's watermark; returns the task watermark if it advanced.
+    pub fn update(&mut self, input: usize, watermark: i64) -> Option<i64> {
+        let mark = &mut self.marks[input];
+        *mark = (*mark).max(watermark);
+        let min = self.marks.iter().copied().min().unwrap_or(i64::MAX);
+        if min > self.current {
+            self.current = min;
+            Some(min)
+        } else {
+            None
+        }
+    }
+
+    /// An ended input no longer holds the minimum back.
+    pub fn end(&mut self, input: usize) -> Option<i64> {
+        self.update(input, i64::MAX)
+    }
+}
+
+/// Which clock a timer follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimeDomain {
+    EventTime,
+    ProcessingTime,
+}
+
+/// Timers of one operator instance, deduplicated per (time, key).
+#[derive(Debug, Default)]
+pub struct TimerService {
+    event: BTreeSet<(i64, Box<[u8]>)>,
+    processing: BTreeSet<(i64, Box<[u8]>)>,
+}
+
+impl TimerService {
+    fn set(&mut self, domain: TimeDomain) -> &mut BTreeSet<(i64, Box<[u8]>)> {
+        match domain {
+            TimeDomain::EventTime => &mut self.event,
+            TimeDomain::ProcessingTime => &mut self.processing,
+        }
+    }
+
+    pub fn register(&mut self, domain: TimeDomain, time: i64, key: &[u8]) {
+        self.set(domain).insert((time, key.into()));
+    }
+
+    pub fn delete(&mut self, domain: TimeDomain, time: i64, key: &[u8]) {
+        self.set(domain).remove(&(time, Box::from(key)));
+    }
+
+    pub fn len(&self) -> usize {
+        self.event.len() + self.processing.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes and returns, in time order, up to `max` timers due at `now`.
+    pub fn pop_due(&mut self, domain: TimeDomain, now: i64, max: usize) -> Vec<(i64, Box<[u8]>)> {
+        let set = self.set(domain);
+        let mut due = Vec::new();
+        while due.len() < max {
+            match set.first() {
+                Some((t, _)) if *t <= now => due.push(set.pop_first().expect("first exists")),
+                _ => break,
+            }
+        }
+        due
+    }
+
+    /// The earliest processing-time timer.
+    pub fn next_processing_time(&self) -> Option<i64> {
+        self.processing.first().map(|(t, _)| *t)
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_of_inputs_and_ended_inputs() {
+        let mut w = InputWatermarks::new(2);
+        assert_eq!(w.update(0, 10), None);
+        assert_eq!(w.update(1, 5), Some(5));
+        assert_eq!(w.update(1, 3), None, "watermarks never go back");
+        assert_eq!(w.end(1), Some(10));
+        assert_eq!(w.end(0), Some(i64::MAX));
+    }
+
+    #[test]
+    fn timers_fire_in_order_once() {
+        let mut t = TimerService::default();
+        t.register(TimeDomain::EventTime, 20, b"b");
+        t.register(TimeDomain::EventTime, 10, b"a");
+        t.register(TimeDomain::EventTime, 10, b"a");
+        t.register(TimeDomain::EventTime, 30, b"c");
+        t.delete(TimeDomain::EventTime, 30, b"c");
+        let due = t.pop_due(TimeDomain::EventTime, 25, 100);
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].0, 10);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn bounded_out_of_orderness() {
+        let mut g = BoundedOutOfOrderness::new(5);
+        assert_eq!(g.current(), i64::MIN);
+        g.observe(100);
+        g.observe(90);
+        assert_eq!(g.current(), 94);
+    }
+}

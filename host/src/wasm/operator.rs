@@ -1,0 +1,504 @@
+//! Loading guest modules and driving one guest instance as an [`Operator`].
+//!
+//! Per batch: the records' distinct keys become slots (one hash probe per
+//! record), each slot's declared value states are copied from the backend
+//! into the input buffer, the guest is called once, and its output buffer is
+//! applied: emits to the outputs, value-state updates to the backend. Nothing
+//! of the guest's output is applied before the whole buffer has been checked
+//! against the batch (slot and state ranges, declared side outputs), except
+//! emits already copied to `out`, which the task discards with the failed batch.
+
+use std::hash::Hasher;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Store, Trap};
+use weir_abi::{BatchKind, Domain, InputWriter, OutputReader};
+
+use super::bindings::{Operator as OperatorWorld, OperatorPre};
+use super::cache::{CacheOutcome, ModuleCache, module_digest};
+use super::engine::{SandboxEngine, SandboxPolicy};
+use super::host::HostState;
+use crate::graph::key_group;
+use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
+use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
+use crate::state::{StateBackend, StateId, StateKind};
+use crate::time::{TimeDomain, now_millis};
+
+/// Output buffers larger than this fail the batch: a guest cannot make the
+/// host copy unbounded data.
+const MAX_OUTPUT_BYTES: usize = 64 << 20;
+/// Timers handed to the guest per `on-timer` call.
+const TIMER_BATCH: usize = 256;
+
+/// Why a module was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("module `{name}` is {size} bytes, above the limit of {limit} bytes")]
+    TooLarge {
+        name: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("module `{name}` is not a valid WebAssembly component: {message}")]
+    Invalid { name: String, message: String },
+    #[error("module `{name}` does not fit the weir:operator@0.1.0 world: {message}")]
+    WrongWorld { name: String, message: String },
+    #[error("cannot read module `{name}`: {source}")]
+    Read {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// The process-wide Wasm machinery.
+pub struct WasmRuntime {
+    sandbox: SandboxEngine,
+    linker: Linker<HostState>,
+    cache: ModuleCache,
+}
+
+/// A validated, compiled module ready to instantiate.
+#[derive(Clone)]
+pub struct WasmModule {
+    pub name: String,
+    pub digest: String,
+    pub cache: CacheOutcome,
+    pub compile_time: Duration,
+    pre: OperatorPre<HostState>,
+}
+
+impl WasmRuntime {
+    /// `cache_dir: None` keeps compiled modules in memory only.
+    pub fn new(policy: SandboxPolicy, cache_dir: Option<&Path>) -> anyhow::Result<Arc<Self>> {
+        let sandbox = SandboxEngine::new(policy).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let mut linker = Linker::new(&sandbox.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        OperatorWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let cache = ModuleCache::new(&sandbox.engine, cache_dir)?;
+        Ok(Arc::new(WasmRuntime {
+            sandbox,
+            linker,
+            cache,
+        }))
+    }
+
+    pub fn policy(&self) -> &SandboxPolicy {
+        &self.sandbox.policy
+    }
+
+    /// Reads, validates and compiles a module file.
+    pub fn load_file(&self, name: &str, path: &Path) -> Result<WasmModule, ModuleError> {
+        let bytes = std::fs::read(path).map_err(|source| ModuleError::Read {
+            name: name.to_owned(),
+            source,
+        })?;
+        self.load(name, &bytes)
+    }
+
+    /// Validates and compiles a module: it must be a component, fit the size
+    /// limit, import nothing beyond WASI and the operator world, and export
+    /// the operator world's functions with their exact types.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<WasmModule, ModuleError> {
+        let limit = self.sandbox.policy.max_module_bytes;
+        if bytes.len() > limit {
+            return Err(ModuleError::TooLarge {
+                name: name.to_owned(),
+                size: bytes.len(),
+                limit,
+            });
+        }
+        if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
+            return Err(ModuleError::Invalid {
+                name: name.to_owned(),
+                message: "this is a core WebAssembly module; build a component \
+                          (cargo build --target wasm32-wasip2)"
+                    .into(),
+            });
+        }
+        let started = Instant::now();
+        let (component, cache) = self
+            .cache
+            .get_or_compile(&self.sandbox.engine, bytes)
+            .map_err(|e| ModuleError::Invalid {
+                name: name.to_owned(),
+                message: format!("{e:#}"),
+            })?;
+        let compile_time = started.elapsed();
+        let pre = self
+            .prepare(&component)
+            .map_err(|e| ModuleError::WrongWorld {
+                name: name.to_owned(),
+                message: format!("{e:#}"),
+            })?;
+        Ok(WasmModule {
+            name: name.to_owned(),
+            digest: module_digest(bytes),
+            cache,
+            compile_time,
+            pre,
+        })
+    }
+
+    fn prepare(&self, component: &Component) -> wasmtime::Result<OperatorPre<HostState>> {
+        let pre = self.linker.instantiate_pre(component)?;
+        OperatorPre::new(pre)
+    }
+
+    /// Instantiates a module for one operator instance and runs its `init`.
+    pub fn instantiate(
+        &self,
+        module: &WasmModule,
+        info: InstanceInfo,
+        backend: Box<dyn StateBackend>,
+        config: &[u8],
+    ) -> Result<WasmOperator, OperatorError> {
+        let policy = &self.sandbox.policy;
+        let host = HostState::new(
+            info.clone(),
+            backend,
+            policy.memory_limit,
+            policy.max_table_elements,
+        );
+        let mut store = Store::new(&self.sandbox.engine, host);
+        store.limiter(|h| &mut h.limits);
+        store.epoch_deadline_trap();
+        let deadline_ticks = policy.deadline_ticks();
+        let deadline_ms = policy.call_deadline.as_millis() as u64;
+        store.set_epoch_deadline(deadline_ticks);
+        let guest = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| OperatorError::new(&info, FailureKind::Init(format!("{e:#}"))))?;
+        store.set_epoch_deadline(deadline_ticks);
+        let declared = match guest.call_init(&mut store, config) {
+            Ok(Ok(declared)) => declared,
+            Ok(Err(message)) => return Err(OperatorError::new(&info, FailureKind::Init(message))),
+            Err(e) => {
+                let kind = trap_kind(&e, &store, deadline_ms);
+                return Err(OperatorError::new(&info, kind));
+            }
+        };
+        let has_state = !(declared.value_states.is_empty()
+            && declared.map_states.is_empty()
+            && declared.list_states.is_empty());
+        if has_state && !info.keyed {
+            return Err(OperatorError::new(
+                &info,
+                FailureKind::Init(
+                    "the operator declares keyed state, but its input is not partitioned by key; \
+                     set `input: key` on it in the job spec"
+                        .into(),
+                ),
+            ));
+        }
+        let register = |store: &mut Store<HostState>, names: &[String], kind: StateKind| {
+            names
+                .iter()
+                .map(|n| store.data_mut().call.backend.register(n, kind))
+                .collect::<Result<Vec<StateId>, _>>()
+        };
+        let value_ids = register(&mut store, &declared.value_states, StateKind::Value)
+            .map_err(|e| OperatorError::new(&info, e))?;
+        let map_ids = register(&mut store, &declared.map_states, StateKind::Map)
+            .map_err(|e| OperatorError::new(&info, e))?;
+        let list_ids = register(&mut store, &declared.list_states, StateKind::List)
+            .map_err(|e| OperatorError::new(&info, e))?;
+        let call = &mut store.data_mut().call;
+        call.map_ids = map_ids;
+        call.list_ids = list_ids;
+        call.side_outputs = declared.side_outputs.clone();
+        call.direct_side = vec![RecordBatch::new(); declared.side_outputs.len()];
+        Ok(WasmOperator {
+            info,
+            store,
+            guest,
+            deadline_ticks,
+            deadline_ms,
+            value_ids,
+            has_state,
+            side_outputs: declared.side_outputs,
+            input: Vec::new(),
+            entry_slots: Vec::new(),
+            dedup: HashTable::new(),
+        })
+    }
+}
+
+/// Classifies a failed call: deadline, trap (with the guest's last stderr
+/// lines, where a panic message lands), or an error raised by an import.
+fn trap_kind(e: &wasmtime::Error, store: &Store<HostState>, deadline_ms: u64) -> FailureKind {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => FailureKind::Deadline { deadline_ms },
+        Some(trap) => {
+            let mut message = trap.to_string();
+            let recent = store.data().stderr.recent();
+            if !recent.is_empty() {
+                message.push_str("; guest stderr: ");
+                message.push_str(&recent.join(" | "));
+            }
+            FailureKind::Trap(message)
+        }
+        None => FailureKind::Trap(format!("{e:#}")),
+    }
+}
+
+/// One guest instance, driven batch by batch.
+pub struct WasmOperator {
+    info: InstanceInfo,
+    store: Store<HostState>,
+    guest: OperatorWorld,
+    deadline_ticks: u64,
+    deadline_ms: u64,
+    /// Backend ids of the value states shipped with each batch, in guest order.
+    value_ids: Vec<StateId>,
+    has_state: bool,
+    side_outputs: Vec<String>,
+    input: Vec<u8>,
+    /// Slot of each entry of the batch being encoded.
+    entry_slots: Vec<u32>,
+    /// Distinct keys of the batch being encoded: slot indices, hashed by key.
+    dedup: HashTable<u32>,
+}
+
+fn fx_hash(key: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(key);
+    h.finish()
+}
+
+impl WasmOperator {
+    fn fail(&self, kind: impl Into<FailureKind>) -> OperatorError {
+        OperatorError::new(&self.info, kind)
+    }
+
+    /// Assigns slots to the keys of the entries: one per distinct key when
+    /// value states are shipped, one per entry otherwise (nothing to share).
+    fn assign_slots<'k>(&mut self, keys: impl Iterator<Item = (&'k [u8], u32)>) {
+        let max_parallelism = self.info.max_parallelism;
+        let has_state = self.has_state;
+        let dedupe = !self.value_ids.is_empty();
+        let call = &mut self.store.data_mut().call;
+        call.begin_batch();
+        self.entry_slots.clear();
+        self.dedup.clear();
+        for (key, cached_group) in keys {
+            let group = if !has_state {
+                NO_KEY_GROUP
+            } else if cached_group != NO_KEY_GROUP {
+                cached_group
+            } else {
+                key_group(key, max_parallelism)
+            };
+            let slot = if dedupe {
+                let hash = fx_hash(key);
+                let found = self.dedup.find(hash, |&s| {
+                    let sk = call.slots[s as usize];
+                    call.slot_key(sk) == key
+                });
+                match found {
+                    Some(&s) => s,
+                    None => {
+                        let s = call.push_slot(key, group);
+                        let slots = &call.slots;
+                        let bytes = &call.slot_bytes;
+                        self.dedup.insert_unique(hash, s, |&t| {
+                            let sk = slots[t as usize];
+                            fx_hash(&bytes[sk.start as usize..(sk.start + sk.len) as usize])
+                        });
+                        s
+                    }
+                }
+            } else {
+                call.push_slot(key, group)
+            };
+            self.entry_slots.push(slot);
+        }
+    }
+
+    /// Writes the header and the slots (with their value states) of a batch.
+    fn begin_input(&mut self, kind: BatchKind) -> Result<InputWriter<'_>, OperatorError> {
+        self.input.clear();
+        let call = &mut self.store.data_mut().call;
+        let mut w = InputWriter::new(
+            &mut self.input,
+            kind,
+            call.watermark,
+            now_millis(),
+            self.value_ids.len() as u32,
+        );
+        for &slot in &call.slots {
+            let key = &call.slot_bytes[slot.start as usize..(slot.start + slot.len) as usize];
+            w.slot_key(key);
+            for &id in &self.value_ids {
+                w.slot_state_with(|buf| call.backend.value_get_into(id, slot.key_group, key, buf))
+                    .map_err(|e| OperatorError::new(&self.info, e))?;
+            }
+        }
+        Ok(w)
+    }
+
+    /// Calls the guest with the encoded input and applies its output.
+    fn call_guest(&mut self, kind: BatchKind, out: &mut Output) -> Result<(), OperatorError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = match kind {
+            BatchKind::Records => self.guest.call_process(&mut self.store, &self.input),
+            BatchKind::Timers => self.guest.call_on_timer(&mut self.store, &self.input),
+        };
+        let bytes = match result {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(message)) => return Err(self.fail(FailureKind::Guest(message))),
+            Err(e) => return Err(self.fail(trap_kind(&e, &self.store, self.deadline_ms))),
+        };
+        if bytes.len() > MAX_OUTPUT_BYTES {
+            return Err(self.fail(FailureKind::BadOutput(format!(
+                "output of {} bytes exceeds the limit of {MAX_OUTPUT_BYTES}",
+                bytes.len()
+            ))));
+        }
+        self.apply_output(&bytes, out)
+    }
+
+    fn apply_output(&mut self, bytes: &[u8], out: &mut Output) -> Result<(), OperatorError> {
+        let bad = |what: String| FailureKind::BadOutput(what);
+        let call = &mut self.store.data_mut().call;
+        // Emits made through imports came first in the guest's own order.
+        if !call.direct_main.is_empty() {
+            for r in call.direct_main.iter() {
+                out.main.push(r.key, r.value, r.timestamp);
+            }
+            call.direct_main.clear();
+        }
+        for (i, side) in call.direct_side.iter_mut().enumerate() {
+            for r in side.iter() {
+                out.side[i].push(r.key, r.value, r.timestamp);
+            }
+            side.clear();
+        }
+        let mut reader = OutputReader::new(bytes)
+            .map_err(|e| OperatorError::new(&self.info, bad(e.to_string())))?;
+        while let Some(e) = reader
+            .next_emit()
+            .map_err(|e| OperatorError::new(&self.info, bad(e.to_string())))?
+        {
+            if e.tag == weir_abi::MAIN_OUTPUT {
+                out.main.push(e.key, e.value, e.timestamp);
+            } else if let Some(side) = out.side.get_mut(e.tag as usize - 1) {
+                side.push(e.key, e.value, e.timestamp);
+            } else {
+                return Err(OperatorError::new(
+                    &self.info,
+                    bad(format!(
+                        "emitted to side output tag {}, but the operator declared {} side outputs",
+                        e.tag,
+                        self.side_outputs.len()
+                    )),
+                ));
+            }
+        }
+        while let Some(u) = reader
+            .next_update()
+            .map_err(|e| OperatorError::new(&self.info, bad(e.to_string())))?
+        {
+            let slot = call.slots.get(u.slot as usize).copied().ok_or_else(|| {
+                OperatorError::new(
+                    &self.info,
+                    bad(format!(
+                        "state update for slot {} of {}",
+                        u.slot,
+                        call.slots.len()
+                    )),
+                )
+            })?;
+            let id = *self.value_ids.get(u.state as usize).ok_or_else(|| {
+                OperatorError::new(
+                    &self.info,
+                    bad(format!("update of undeclared value state {}", u.state)),
+                )
+            })?;
+            let key = &call.slot_bytes[slot.start as usize..(slot.start + slot.len) as usize];
+            let r = match u.value {
+                Some(v) => call.backend.value_put(id, slot.key_group, key, v),
+                None => call.backend.value_remove(id, slot.key_group, key),
+            };
+            r.map_err(|e| OperatorError::new(&self.info, e))?;
+        }
+        Ok(())
+    }
+
+    fn fire_timers(
+        &mut self,
+        domain: TimeDomain,
+        now: i64,
+        out: &mut Output,
+    ) -> Result<(), OperatorError> {
+        loop {
+            let due = self
+                .store
+                .data_mut()
+                .call
+                .timers
+                .pop_due(domain, now, TIMER_BATCH);
+            if due.is_empty() {
+                return Ok(());
+            }
+            self.assign_slots(due.iter().map(|(_, k)| (&k[..], NO_KEY_GROUP)));
+            let abi_domain = match domain {
+                TimeDomain::EventTime => Domain::EventTime,
+                TimeDomain::ProcessingTime => Domain::ProcessingTime,
+            };
+            let slots = std::mem::take(&mut self.entry_slots);
+            let mut w = self.begin_input(BatchKind::Timers)?;
+            for ((time, _), slot) in due.iter().zip(&slots) {
+                w.timer(*slot, *time, abi_domain);
+            }
+            w.finish();
+            self.entry_slots = slots;
+            self.call_guest(BatchKind::Timers, out)?;
+        }
+    }
+
+    /// Timers registered and not yet fired.
+    pub fn timers_pending(&self) -> usize {
+        self.store.data().call.timers.len()
+    }
+}
+
+impl Operator for WasmOperator {
+    fn side_outputs(&self) -> &[String] {
+        &self.side_outputs
+    }
+
+    fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError> {
+        if input.is_empty() {
+            return Ok(());
+        }
+        self.assign_slots(input.iter().map(|r| (r.key, r.key_group)));
+        let slots = std::mem::take(&mut self.entry_slots);
+        let mut w = self.begin_input(BatchKind::Records)?;
+        for (r, slot) in input.iter().zip(&slots) {
+            w.record(*slot, r.timestamp, r.value);
+        }
+        w.finish();
+        self.entry_slots = slots;
+        self.call_guest(BatchKind::Records, out)
+    }
+
+    fn advance_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<(), OperatorError> {
+        self.store.data_mut().call.watermark = watermark;
+        self.fire_timers(TimeDomain::EventTime, watermark, out)
+    }
+
+    fn advance_processing_time(&mut self, now: i64, out: &mut Output) -> Result<(), OperatorError> {
+        self.fire_timers(TimeDomain::ProcessingTime, now, out)
+    }
+
+    fn next_processing_timer(&self) -> Option<i64> {
+        self.store.data().call.timers.next_processing_time()
+    }
+}
