@@ -58,11 +58,6 @@ impl RecordBatch {
         self.entries.is_empty()
     }
 
-    /// Bytes of keys and values held.
-    pub fn data_bytes(&self) -> usize {
-        self.data.len()
-    }
-
     pub fn clear(&mut self) {
         self.data.clear();
         self.entries.clear();
@@ -95,10 +90,6 @@ impl RecordBatch {
             key_group,
             timestamp,
         });
-    }
-
-    pub fn push_record(&mut self, r: RecordRef<'_>) {
-        self.push_with_group(r.key, r.value, r.timestamp, r.key_group);
     }
 
     /// Appends a record whose value is written by `write_value` straight into

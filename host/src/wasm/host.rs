@@ -158,6 +158,13 @@ pub struct SlotKey {
     pub key_group: u32,
 }
 
+/// The bytes of `slot`'s key in a slot buffer. A free function rather than a
+/// method so callers can borrow the buffer while mutating other fields.
+#[inline]
+pub fn slot_key_in(slot_bytes: &[u8], slot: SlotKey) -> &[u8] {
+    &slot_bytes[slot.start as usize..(slot.start + slot.len) as usize]
+}
+
 /// What the imports reach during a call.
 pub struct CallState {
     pub info: InstanceInfo,
@@ -192,7 +199,7 @@ impl CallState {
 
     #[inline]
     pub fn slot_key(&self, slot: SlotKey) -> &[u8] {
-        &self.slot_bytes[slot.start as usize..(slot.start + slot.len) as usize]
+        slot_key_in(&self.slot_bytes, slot)
     }
 
     fn slot(&self, slot: u32) -> wasmtime::Result<SlotKey> {
@@ -234,7 +241,7 @@ impl CallState {
             &self.list_ids
         };
         let id = Self::state_id(ids, kind, state)?;
-        let key = &self.slot_bytes[s.start as usize..(s.start + s.len) as usize];
+        let key = slot_key_in(&self.slot_bytes, s);
         f(self.backend.as_mut(), id, s.key_group, key).map_err(wasmtime::Error::from)
     }
 }
@@ -381,14 +388,14 @@ impl timers::Host for HostState {
         d: types::TimeDomain,
     ) -> wasmtime::Result<()> {
         let s = self.call.slot(slot)?;
-        let key = &self.call.slot_bytes[s.start as usize..(s.start + s.len) as usize];
+        let key = slot_key_in(&self.call.slot_bytes, s);
         self.call.timers.register(domain(d), time, key);
         Ok(())
     }
 
     fn delete_timer(&mut self, slot: u32, time: i64, d: types::TimeDomain) -> wasmtime::Result<()> {
         let s = self.call.slot(slot)?;
-        let key = &self.call.slot_bytes[s.start as usize..(s.start + s.len) as usize];
+        let key = slot_key_in(&self.call.slot_bytes, s);
         self.call.timers.delete(domain(d), time, key);
         Ok(())
     }

@@ -22,7 +22,7 @@ use weir_abi::{BatchKind, Domain, InputWriter, OutputReader};
 use super::bindings::{Operator as OperatorWorld, OperatorPre};
 use super::cache::{CacheOutcome, ModuleCache, module_digest};
 use super::engine::{SandboxEngine, SandboxPolicy};
-use super::host::HostState;
+use super::host::{HostState, slot_key_in};
 use crate::graph::key_group;
 use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
@@ -297,10 +297,9 @@ impl WasmOperator {
             };
             let slot = if dedupe {
                 let hash = fx_hash(key);
-                let found = self.dedup.find(hash, |&s| {
-                    let sk = call.slots[s as usize];
-                    call.slot_key(sk) == key
-                });
+                let found = self
+                    .dedup
+                    .find(hash, |&s| call.slot_key(call.slots[s as usize]) == key);
                 match found {
                     Some(&s) => s,
                     None => {
@@ -308,8 +307,7 @@ impl WasmOperator {
                         let slots = &call.slots;
                         let bytes = &call.slot_bytes;
                         self.dedup.insert_unique(hash, s, |&t| {
-                            let sk = slots[t as usize];
-                            fx_hash(&bytes[sk.start as usize..(sk.start + sk.len) as usize])
+                            fx_hash(slot_key_in(bytes, slots[t as usize]))
                         });
                         s
                     }
@@ -333,7 +331,7 @@ impl WasmOperator {
             self.value_ids.len() as u32,
         );
         for &slot in &call.slots {
-            let key = &call.slot_bytes[slot.start as usize..(slot.start + slot.len) as usize];
+            let key = slot_key_in(&call.slot_bytes, slot);
             w.slot_key(key);
             for &id in &self.value_ids {
                 w.slot_state_with(|buf| call.backend.value_get_into(id, slot.key_group, key, buf))
@@ -421,7 +419,7 @@ impl WasmOperator {
                     bad(format!("update of undeclared value state {}", u.state)),
                 )
             })?;
-            let key = &call.slot_bytes[slot.start as usize..(slot.start + slot.len) as usize];
+            let key = slot_key_in(&call.slot_bytes, slot);
             let r = match u.value {
                 Some(v) => call.backend.value_put(id, slot.key_group, key, v),
                 None => call.backend.value_remove(id, slot.key_group, key),
@@ -461,11 +459,6 @@ impl WasmOperator {
             self.entry_slots = slots;
             self.call_guest(BatchKind::Timers, out)?;
         }
-    }
-
-    /// Timers registered and not yet fired.
-    pub fn timers_pending(&self) -> usize {
-        self.store.data().call.timers.len()
     }
 }
 
