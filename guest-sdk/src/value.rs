@@ -12,10 +12,12 @@ pub trait StateValue: Sized {
 macro_rules! le_number {
     ($($t:ty),*) => {$(
         impl StateValue for $t {
+            #[inline]
             fn encode(&self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
             }
 
+            #[inline]
             fn decode(bytes: &[u8]) -> Result<Self, Error> {
                 let array = bytes.try_into().map_err(|_| {
                     format!(

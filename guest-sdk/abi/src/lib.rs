@@ -95,6 +95,7 @@ impl<'a> Cursor<'a> {
         self.pos >= self.buf.len()
     }
 
+    #[inline]
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], AbiError> {
         let end = self
             .pos
@@ -109,11 +110,13 @@ impl<'a> Cursor<'a> {
         Ok(bytes)
     }
 
+    #[inline]
     pub fn u32(&mut self, what: &'static str) -> Result<u32, AbiError> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    #[inline]
     pub fn i64(&mut self, what: &'static str) -> Result<i64, AbiError> {
         let b = self.take(8, what)?;
         let mut a = [0u8; 8];
@@ -122,12 +125,14 @@ impl<'a> Cursor<'a> {
     }
 
     /// A `u32` length followed by that many bytes.
+    #[inline]
     pub fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], AbiError> {
         let len = self.u32(what)? as usize;
         self.take(len, what)
     }
 
     /// Like [`Cursor::bytes`], but [`ABSENT`] reads as `None`.
+    #[inline]
     pub fn optional_bytes(&mut self, what: &'static str) -> Result<Option<&'a [u8]>, AbiError> {
         let len = self.u32(what)?;
         if len == ABSENT {
@@ -137,14 +142,17 @@ impl<'a> Cursor<'a> {
     }
 }
 
+#[inline]
 fn put_u32(buf: &mut Vec<u8>, v: u32) {
     buf.extend_from_slice(&v.to_le_bytes());
 }
 
+#[inline]
 fn put_i64(buf: &mut Vec<u8>, v: i64) {
     buf.extend_from_slice(&v.to_le_bytes());
 }
 
+#[inline]
 fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     put_u32(buf, b.len() as u32);
     append(buf, b);
@@ -165,6 +173,7 @@ pub fn append(buf: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
+#[inline]
 fn put_optional(buf: &mut Vec<u8>, b: Option<&[u8]>) {
     match b {
         Some(b) => put_bytes(buf, b),
@@ -432,8 +441,11 @@ impl OutputWriter {
         }
     }
 
+    #[inline]
     pub fn emit(&mut self, tag: u32, timestamp: i64, key: &[u8], value: &[u8]) {
         debug_assert_eq!(self.updates, 0, "emits precede updates");
+        // One capacity check for the whole record instead of one per field.
+        self.buf.reserve(24 + key.len() + value.len());
         put_u32(&mut self.buf, tag);
         put_i64(&mut self.buf, timestamp);
         put_bytes(&mut self.buf, key);
@@ -441,7 +453,9 @@ impl OutputWriter {
         self.emits += 1;
     }
 
+    #[inline]
     pub fn update(&mut self, slot: u32, state: u32, value: Option<&[u8]>) {
+        self.buf.reserve(12 + value.map_or(0, <[u8]>::len));
         put_u32(&mut self.buf, slot);
         put_u32(&mut self.buf, state);
         put_optional(&mut self.buf, value);

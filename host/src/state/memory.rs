@@ -1,27 +1,115 @@
-//! The in-memory backend: one hash map per (state, key group).
+//! The in-memory backend.
 //!
-//! Values are kept as bytes exactly as the operator wrote them, so reads and
-//! writes cost a hash probe and a copy, and a snapshot is a walk over the
-//! maps. Map states iterate in sorted order so every backend agrees.
+//! Value states live in a slab per state (one entry per key: key, key group,
+//! value bytes) with one hash index per key group over it, so a lookup is one
+//! probe and a [`ValueHandle`] is the slab index: reads and writes through it
+//! cost no probe at all. Freed slab entries are reused. Map and list states
+//! keep one hash map per key group. Bytes are stored exactly as the operator
+//! wrote them; a snapshot is a walk over the key group's index. Map states
+//! iterate in sorted order so every backend agrees.
 
 use std::collections::BTreeMap;
+use std::hash::Hasher;
 use std::ops::Range;
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use rustc_hash::{FxHashMap, FxHasher};
 
-use super::{MapEntries, StateBackend, StateEntry, StateError, StateId, StateKind};
+use super::{MapEntries, StateBackend, StateEntry, StateError, StateId, StateKind, ValueHandle};
 
 enum Cell {
-    Value(Vec<u8>),
     Map(BTreeMap<Vec<u8>, Vec<u8>>),
     List(Vec<Vec<u8>>),
+}
+
+struct ValueEntry {
+    hash: u64,
+    key: Box<[u8]>,
+    value: Vec<u8>,
+    /// Offset of the entry's key group in the backend's range; `u32::MAX`
+    /// marks a free entry.
+    group: u32,
+}
+
+const FREE: u32 = u32::MAX;
+
+#[derive(Default)]
+struct ValueTable {
+    entries: Vec<ValueEntry>,
+    free: Vec<u32>,
+    /// Per key group: indices into `entries`, hashed by key.
+    index: Vec<HashTable<u32>>,
+}
+
+fn key_hash(key: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(key);
+    h.finish()
+}
+
+impl ValueTable {
+    fn find(&self, group: usize, key: &[u8]) -> Option<u32> {
+        let entries = &self.entries;
+        self.index[group]
+            .find(key_hash(key), |&i| &*entries[i as usize].key == key)
+            .copied()
+    }
+
+    fn insert(&mut self, group: usize, key: &[u8], value: &[u8]) {
+        let hash = key_hash(key);
+        let entry = ValueEntry {
+            hash,
+            key: key.into(),
+            value: value.to_vec(),
+            group: group as u32,
+        };
+        let at = match self.free.pop() {
+            Some(i) => {
+                self.entries[i as usize] = entry;
+                i
+            }
+            None => {
+                self.entries.push(entry);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        let entries = &self.entries;
+        self.index[group].insert_unique(hash, at, |&i| entries[i as usize].hash);
+    }
+
+    fn remove_at(&mut self, at: u32) {
+        let entry = &mut self.entries[at as usize];
+        if entry.group == FREE {
+            return;
+        }
+        let group = entry.group as usize;
+        let hash = entry.hash;
+        entry.group = FREE;
+        entry.key = Box::default();
+        entry.value = Vec::new();
+        if let Ok(found) = self.index[group].find_entry(hash, |&i| i == at) {
+            found.remove();
+        }
+        self.free.push(at);
+    }
+
+    fn live(&self, handle: ValueHandle) -> Option<&ValueEntry> {
+        self.entries
+            .get(handle.0 as usize)
+            .filter(|e| e.group != FREE)
+    }
+}
+
+enum Store {
+    Values(ValueTable),
+    /// Indexed by key group minus the first owned key group.
+    Cells(Vec<FxHashMap<Box<[u8]>, Cell>>),
 }
 
 struct Table {
     name: String,
     kind: StateKind,
-    /// Indexed by key group minus the first owned key group.
-    groups: Vec<FxHashMap<Box<[u8]>, Cell>>,
+    store: Store,
 }
 
 pub struct MemoryBackend {
@@ -37,31 +125,58 @@ impl MemoryBackend {
         }
     }
 
-    fn group(
-        &mut self,
-        id: StateId,
-        kind: StateKind,
-        key_group: u32,
-    ) -> Result<&mut FxHashMap<Box<[u8]>, Cell>, StateError> {
+    fn group_offset(&self, key_group: u32) -> Result<usize, StateError> {
         if !self.key_groups.contains(&key_group) {
             return Err(StateError::KeyGroupNotOwned {
                 key_group,
                 owned: self.key_groups.clone(),
             });
         }
-        let first = self.key_groups.start;
+        Ok((key_group - self.key_groups.start) as usize)
+    }
+
+    fn table(&self, id: StateId, used: StateKind) -> Result<&Table, StateError> {
         let table = self
             .tables
-            .get_mut(id as usize)
+            .get(id as usize)
             .ok_or(StateError::UnknownState(id))?;
-        if table.kind != kind {
+        if table.kind != used {
             return Err(StateError::WrongKind {
                 id,
                 actual: table.kind,
-                used: kind,
+                used,
             });
         }
-        Ok(&mut table.groups[(key_group - first) as usize])
+        Ok(table)
+    }
+
+    fn values(&self, id: StateId) -> Result<&ValueTable, StateError> {
+        match &self.table(id, StateKind::Value)?.store {
+            Store::Values(v) => Ok(v),
+            Store::Cells(_) => unreachable!("value tables are created as Values"),
+        }
+    }
+
+    fn values_mut(&mut self, id: StateId) -> Result<&mut ValueTable, StateError> {
+        self.table(id, StateKind::Value)?;
+        match &mut self.tables[id as usize].store {
+            Store::Values(v) => Ok(v),
+            Store::Cells(_) => unreachable!("value tables are created as Values"),
+        }
+    }
+
+    fn group(
+        &mut self,
+        id: StateId,
+        kind: StateKind,
+        key_group: u32,
+    ) -> Result<&mut FxHashMap<Box<[u8]>, Cell>, StateError> {
+        let offset = self.group_offset(key_group)?;
+        self.table(id, kind)?;
+        match &mut self.tables[id as usize].store {
+            Store::Cells(groups) => Ok(&mut groups[offset]),
+            Store::Values(_) => unreachable!("map and list tables are created as Cells"),
+        }
     }
 
     fn cell(
@@ -74,9 +189,8 @@ impl MemoryBackend {
         let group = self.group(id, kind, key_group)?;
         if !group.contains_key(key) {
             let empty = match kind {
-                StateKind::Value => Cell::Value(Vec::new()),
                 StateKind::Map => Cell::Map(BTreeMap::new()),
-                StateKind::List => Cell::List(Vec::new()),
+                _ => Cell::List(Vec::new()),
             };
             group.insert(key.into(), empty);
         }
@@ -97,13 +211,20 @@ impl StateBackend for MemoryBackend {
             }
             return Ok(i as StateId);
         }
-        let groups = (0..self.key_groups.len())
-            .map(|_| FxHashMap::default())
-            .collect();
+        let groups = self.key_groups.len();
+        let store = match kind {
+            StateKind::Value => Store::Values(ValueTable {
+                index: (0..groups).map(|_| HashTable::new()).collect(),
+                ..ValueTable::default()
+            }),
+            StateKind::Map | StateKind::List => {
+                Store::Cells((0..groups).map(|_| FxHashMap::default()).collect())
+            }
+        };
         self.tables.push(Table {
             name: name.to_owned(),
             kind,
-            groups,
+            store,
         });
         Ok((self.tables.len() - 1) as StateId)
     }
@@ -120,12 +241,14 @@ impl StateBackend for MemoryBackend {
         key: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<bool, StateError> {
-        match self.group(id, StateKind::Value, key_group)?.get(key) {
-            Some(Cell::Value(v)) => {
-                out.extend_from_slice(v);
+        let group = self.group_offset(key_group)?;
+        let table = self.values(id)?;
+        match table.find(group, key) {
+            Some(i) => {
+                out.extend_from_slice(&table.entries[i as usize].value);
                 Ok(true)
             }
-            _ => Ok(false),
+            None => Ok(false),
         }
     }
 
@@ -137,21 +260,72 @@ impl StateBackend for MemoryBackend {
         key: &[u8],
         value: &[u8],
     ) -> Result<(), StateError> {
-        let group = self.group(id, StateKind::Value, key_group)?;
-        match group.get_mut(key) {
-            Some(Cell::Value(v)) => {
+        let group = self.group_offset(key_group)?;
+        let table = self.values_mut(id)?;
+        match table.find(group, key) {
+            Some(i) => {
+                let v = &mut table.entries[i as usize].value;
                 v.clear();
                 v.extend_from_slice(value);
             }
-            _ => {
-                group.insert(key.into(), Cell::Value(value.to_vec()));
-            }
+            None => table.insert(group, key, value),
         }
         Ok(())
     }
 
     fn value_remove(&mut self, id: StateId, key_group: u32, key: &[u8]) -> Result<(), StateError> {
-        self.group(id, StateKind::Value, key_group)?.remove(key);
+        let group = self.group_offset(key_group)?;
+        let table = self.values_mut(id)?;
+        if let Some(i) = table.find(group, key) {
+            table.remove_at(i);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn value_find(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+    ) -> Result<Option<ValueHandle>, StateError> {
+        let group = self.group_offset(key_group)?;
+        Ok(self.values(id)?.find(group, key).map(ValueHandle))
+    }
+
+    #[inline]
+    fn value_read(&self, id: StateId, handle: ValueHandle) -> Result<&[u8], StateError> {
+        self.values(id)?
+            .live(handle)
+            .map(|e| e.value.as_slice())
+            .ok_or(StateError::StaleHandle {
+                id,
+                handle: handle.0,
+            })
+    }
+
+    #[inline]
+    fn value_write(
+        &mut self,
+        id: StateId,
+        handle: ValueHandle,
+        value: Option<&[u8]>,
+    ) -> Result<(), StateError> {
+        let table = self.values_mut(id)?;
+        if table.live(handle).is_none() {
+            return Err(StateError::StaleHandle {
+                id,
+                handle: handle.0,
+            });
+        }
+        match value {
+            Some(bytes) => {
+                let v = &mut table.entries[handle.0 as usize].value;
+                v.clear();
+                v.extend_from_slice(bytes);
+            }
+            None => table.remove_at(handle.0),
+        }
         Ok(())
     }
 
@@ -260,22 +434,35 @@ impl StateBackend for MemoryBackend {
         let index = (key_group - self.key_groups.start) as usize;
         for table in &self.tables {
             let state = table.name.as_str();
-            for (key, cell) in &table.groups[index] {
-                match cell {
-                    Cell::Value(value) => visit(StateEntry::Value { state, key, value }),
-                    Cell::Map(m) => {
-                        for (map_key, value) in m {
-                            visit(StateEntry::MapEntry {
-                                state,
-                                key,
-                                map_key,
-                                value,
-                            });
-                        }
+            match &table.store {
+                Store::Values(values) => {
+                    for &i in values.index[index].iter() {
+                        let e = &values.entries[i as usize];
+                        visit(StateEntry::Value {
+                            state,
+                            key: &e.key,
+                            value: &e.value,
+                        });
                     }
-                    Cell::List(l) => {
-                        for value in l {
-                            visit(StateEntry::ListItem { state, key, value });
+                }
+                Store::Cells(groups) => {
+                    for (key, cell) in &groups[index] {
+                        match cell {
+                            Cell::Map(m) => {
+                                for (map_key, value) in m {
+                                    visit(StateEntry::MapEntry {
+                                        state,
+                                        key,
+                                        map_key,
+                                        value,
+                                    });
+                                }
+                            }
+                            Cell::List(l) => {
+                                for value in l {
+                                    visit(StateEntry::ListItem { state, key, value });
+                                }
+                            }
                         }
                     }
                 }
@@ -315,5 +502,50 @@ mod tests {
         let mut seen = 0;
         b.for_each_in_key_group(5, &mut |_| seen += 1).unwrap();
         assert_eq!(seen, 3);
+    }
+
+    #[test]
+    fn handles_read_write_remove_and_reuse() {
+        let mut b = MemoryBackend::new(0..4);
+        let v = b.register("v", StateKind::Value).unwrap();
+        assert_eq!(b.value_find(v, 1, b"a").unwrap(), None);
+        b.value_put(v, 1, b"a", b"1").unwrap();
+        b.value_put(v, 2, b"b", b"2").unwrap();
+        let a = b.value_find(v, 1, b"a").unwrap().unwrap();
+        assert_eq!(
+            b.value_find(v, 2, b"a").unwrap(),
+            None,
+            "key groups are separate"
+        );
+        b.value_write(v, a, Some(b"11")).unwrap();
+        let mut out = Vec::new();
+        b.value_get_into(v, 1, b"a", &mut out).unwrap();
+        assert_eq!(out, b"11");
+        b.value_write(v, a, None).unwrap();
+        assert!(matches!(
+            b.value_read(v, a),
+            Err(StateError::StaleHandle { .. })
+        ));
+        assert_eq!(b.value_find(v, 1, b"a").unwrap(), None);
+        b.value_put(v, 3, b"c", b"3").unwrap();
+        let c = b.value_find(v, 3, b"c").unwrap().unwrap();
+        assert_eq!(c, a, "freed entries are reused");
+        assert_eq!(b.value_read(v, c).unwrap(), b"3");
+        let mut seen = Vec::new();
+        for g in 0..4 {
+            b.for_each_in_key_group(g, &mut |e| {
+                if let StateEntry::Value { key, value, .. } = e {
+                    seen.push((g, key.to_vec(), value.to_vec()));
+                }
+            })
+            .unwrap();
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (2, b"b".to_vec(), b"2".to_vec()),
+                (3, b"c".to_vec(), b"3".to_vec())
+            ]
+        );
     }
 }

@@ -44,6 +44,8 @@ pub enum StateError {
         actual: StateKind,
         used: StateKind,
     },
+    #[error("value handle {handle} of state {id} does not name a stored value")]
+    StaleHandle { id: StateId, handle: u32 },
     #[error("key group {key_group} is not owned by this task (it owns {owned:?})")]
     KeyGroupNotOwned { key_group: u32, owned: Range<u32> },
 }
@@ -69,6 +71,14 @@ pub enum StateEntry<'a> {
     },
 }
 
+/// A located value-state entry: the way to read and write one key's value
+/// again without another lookup. Valid until that entry is removed (a
+/// `value_write` of `None` or a `value_remove` of its key); finding, reading
+/// and writing other entries never invalidates it. Handles of a state are
+/// small dense integers, so a caller may index by them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ValueHandle(pub u32);
+
 /// Keyed state of one operator instance, scoped to its key groups.
 pub trait StateBackend: Send {
     /// Registers (or finds) a state by name; the same name always has the same kind.
@@ -91,6 +101,23 @@ pub trait StateBackend: Send {
         value: &[u8],
     ) -> Result<(), StateError>;
     fn value_remove(&mut self, id: StateId, key_group: u32, key: &[u8]) -> Result<(), StateError>;
+
+    /// Locates a stored value: one lookup, after which reads and writes of it
+    /// go through the handle. `None` when the key has no value.
+    fn value_find(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+    ) -> Result<Option<ValueHandle>, StateError>;
+    fn value_read(&self, id: StateId, handle: ValueHandle) -> Result<&[u8], StateError>;
+    /// Replaces the value, or with `None` removes the entry (and the handle).
+    fn value_write(
+        &mut self,
+        id: StateId,
+        handle: ValueHandle,
+        value: Option<&[u8]>,
+    ) -> Result<(), StateError>;
 
     fn map_get(
         &mut self,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
-use rustc_hash::FxHasher;
+use rustc_hash::{FxHashMap, FxHasher};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Store, Trap};
 use weir_abi::{BatchKind, Domain, InputWriter, OutputReader};
@@ -26,7 +26,7 @@ use super::host::{HostState, slot_key_in};
 use crate::graph::key_group;
 use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
-use crate::state::{StateBackend, StateId, StateKind};
+use crate::state::{StateBackend, StateId, StateKind, ValueHandle};
 use crate::time::{TimeDomain, now_millis};
 
 /// Output buffers larger than this fail the batch: a guest cannot make the
@@ -226,6 +226,8 @@ impl WasmRuntime {
             input: Vec::new(),
             entry_slots: Vec::new(),
             dedup: HashTable::new(),
+            handle_slots: FxHashMap::default(),
+            slot_handles: Vec::new(),
         })
     }
 }
@@ -262,8 +264,14 @@ pub struct WasmOperator {
     input: Vec<u8>,
     /// Slot of each entry of the batch being encoded.
     entry_slots: Vec<u32>,
-    /// Distinct keys of the batch being encoded: slot indices, hashed by key.
+    /// Distinct keys without a stored value in the batch being encoded:
+    /// slot indices, hashed by key.
     dedup: HashTable<u32>,
+    /// Slots of the batch's keys that have a stored value, by their handle
+    /// in the first value state.
+    handle_slots: FxHashMap<u32, u32>,
+    /// Per slot, per value state (slot-major): the stored value's handle.
+    slot_handles: Vec<Option<ValueHandle>>,
 }
 
 fn fx_hash(key: &[u8]) -> u64 {
@@ -279,44 +287,83 @@ impl WasmOperator {
 
     /// Assigns slots to the keys of the entries: one per distinct key when
     /// value states are shipped, one per entry otherwise (nothing to share).
-    fn assign_slots<'k>(&mut self, keys: impl Iterator<Item = (&'k [u8], u32)>) {
+    ///
+    /// With value states, each record costs one backend lookup: a key with a
+    /// stored value is recognised by its handle (an integer), and only keys
+    /// without one are compared by bytes. The handles found here serve the
+    /// reads in [`Self::begin_input`] and the writes in `apply_output`.
+    fn assign_slots<'k>(
+        &mut self,
+        keys: impl Iterator<Item = (&'k [u8], u32)>,
+    ) -> Result<(), OperatorError> {
         let max_parallelism = self.info.max_parallelism;
         let has_state = self.has_state;
-        let dedupe = !self.value_ids.is_empty();
         let call = &mut self.store.data_mut().call;
         call.begin_batch();
         self.entry_slots.clear();
         self.dedup.clear();
+        self.handle_slots.clear();
+        self.slot_handles.clear();
+        let Some((&first_state, other_states)) = self.value_ids.split_first() else {
+            for (key, cached_group) in keys {
+                let group = if !has_state {
+                    NO_KEY_GROUP
+                } else if cached_group != NO_KEY_GROUP {
+                    cached_group
+                } else {
+                    key_group(key, max_parallelism)
+                };
+                self.entry_slots.push(call.push_slot(key, group));
+            }
+            return Ok(());
+        };
+        let fail = |e| OperatorError::new(&self.info, e);
         for (key, cached_group) in keys {
-            let group = if !has_state {
-                NO_KEY_GROUP
-            } else if cached_group != NO_KEY_GROUP {
+            let group = if cached_group != NO_KEY_GROUP {
                 cached_group
             } else {
                 key_group(key, max_parallelism)
             };
-            let slot = if dedupe {
-                let hash = fx_hash(key);
-                let found = self
-                    .dedup
-                    .find(hash, |&s| call.slot_key(call.slots[s as usize]) == key);
-                match found {
-                    Some(&s) => s,
-                    None => {
-                        let s = call.push_slot(key, group);
-                        let slots = &call.slots;
-                        let bytes = &call.slot_bytes;
-                        self.dedup.insert_unique(hash, s, |&t| {
-                            fx_hash(slot_key_in(bytes, slots[t as usize]))
-                        });
-                        s
-                    }
+            let handle = call
+                .backend
+                .value_find(first_state, group, key)
+                .map_err(fail)?;
+            let existing = match handle {
+                Some(h) => self.handle_slots.get(&h.0).copied(),
+                None => {
+                    let hash = fx_hash(key);
+                    self.dedup
+                        .find(hash, |&s| call.slot_key(call.slots[s as usize]) == key)
+                        .copied()
                 }
-            } else {
-                call.push_slot(key, group)
+            };
+            let slot = match existing {
+                Some(s) => s,
+                None => {
+                    let s = call.push_slot(key, group);
+                    match handle {
+                        Some(h) => {
+                            self.handle_slots.insert(h.0, s);
+                        }
+                        None => {
+                            let slots = &call.slots;
+                            let bytes = &call.slot_bytes;
+                            self.dedup.insert_unique(fx_hash(key), s, |&t| {
+                                fx_hash(slot_key_in(bytes, slots[t as usize]))
+                            });
+                        }
+                    }
+                    self.slot_handles.push(handle);
+                    for &id in other_states {
+                        let h = call.backend.value_find(id, group, key).map_err(fail)?;
+                        self.slot_handles.push(h);
+                    }
+                    s
+                }
             };
             self.entry_slots.push(slot);
         }
+        Ok(())
     }
 
     /// Writes the header and the slots (with their value states) of a batch.
@@ -330,12 +377,19 @@ impl WasmOperator {
             now_millis(),
             self.value_ids.len() as u32,
         );
-        for &slot in &call.slots {
-            let key = slot_key_in(&call.slot_bytes, slot);
-            w.slot_key(key);
-            for &id in &self.value_ids {
-                w.slot_state_with(|buf| call.backend.value_get_into(id, slot.key_group, key, buf))
-                    .map_err(|e| OperatorError::new(&self.info, e))?;
+        let states = self.value_ids.len();
+        for (i, &slot) in call.slots.iter().enumerate() {
+            w.slot_key(slot_key_in(&call.slot_bytes, slot));
+            for (s, &id) in self.value_ids.iter().enumerate() {
+                let value = match self.slot_handles[i * states + s] {
+                    Some(h) => Some(
+                        call.backend
+                            .value_read(id, h)
+                            .map_err(|e| OperatorError::new(&self.info, e))?,
+                    ),
+                    None => None,
+                };
+                w.slot_state(value);
             }
         }
         Ok(w)
@@ -419,10 +473,15 @@ impl WasmOperator {
                     bad(format!("update of undeclared value state {}", u.state)),
                 )
             })?;
-            let key = slot_key_in(&call.slot_bytes, slot);
-            let r = match u.value {
-                Some(v) => call.backend.value_put(id, slot.key_group, key, v),
-                None => call.backend.value_remove(id, slot.key_group, key),
+            let handle =
+                self.slot_handles[u.slot as usize * self.value_ids.len() + u.state as usize];
+            let r = match (handle, u.value) {
+                (Some(h), value) => call.backend.value_write(id, h, value),
+                (None, Some(v)) => {
+                    let key = slot_key_in(&call.slot_bytes, slot);
+                    call.backend.value_put(id, slot.key_group, key, v)
+                }
+                (None, None) => Ok(()),
             };
             r.map_err(|e| OperatorError::new(&self.info, e))?;
         }
@@ -445,7 +504,7 @@ impl WasmOperator {
             if due.is_empty() {
                 return Ok(());
             }
-            self.assign_slots(due.iter().map(|(_, k)| (&k[..], NO_KEY_GROUP)));
+            self.assign_slots(due.iter().map(|(_, k)| (&k[..], NO_KEY_GROUP)))?;
             let abi_domain = match domain {
                 TimeDomain::EventTime => Domain::EventTime,
                 TimeDomain::ProcessingTime => Domain::ProcessingTime,
@@ -471,7 +530,7 @@ impl Operator for WasmOperator {
         if input.is_empty() {
             return Ok(());
         }
-        self.assign_slots(input.iter().map(|r| (r.key, r.key_group)));
+        self.assign_slots(input.iter().map(|r| (r.key, r.key_group)))?;
         let slots = std::mem::take(&mut self.entry_slots);
         let mut w = self.begin_input(BatchKind::Records)?;
         for (r, slot) in input.iter().zip(&slots) {
