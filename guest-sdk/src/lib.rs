@@ -42,6 +42,7 @@
 
 mod runtime;
 mod value;
+mod window;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -59,6 +60,9 @@ pub use runtime::{
     ValueState,
 };
 pub use value::StateValue;
+#[doc(hidden)]
+pub use window::WindowStep;
+pub use window::{Aggregate, Window, Windowed};
 
 /// Any error a user function may return; `?` converts most errors into it.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -67,7 +71,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::runtime::{Instance, init, on_timer, process};
+    pub use crate::runtime::{Instance, init, on_timer, process, window};
 }
 
 /// A stream operator. Only [`Operator::init`] and [`Operator::process`] are
@@ -84,6 +88,22 @@ pub trait Operator: Sized + 'static {
     fn on_timer(&mut self, timer: Timer<'_>, ctx: &mut Context<'_>) -> Result<()> {
         let _ = (timer, ctx);
         Ok(())
+    }
+
+    /// One step of a host-managed window; only [`Windowed`] handles these.
+    #[doc(hidden)]
+    fn window(
+        &mut self,
+        step: WindowStep<'_>,
+        window: Window<'_>,
+        ctx: &mut Context<'_>,
+    ) -> Result<()> {
+        let _ = (step, window, ctx);
+        Err(
+            "the job spec gives this operator a window, but the module is not a window \
+             aggregate (export it with weir_sdk::export_aggregate!)"
+                .into(),
+        )
     }
 }
 
@@ -120,10 +140,25 @@ macro_rules! export_operator {
                 ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
                     INSTANCE.with(|i| $crate::__private::on_timer(i, batch))
                 }
+
+                fn window(
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                    INSTANCE.with(|i| $crate::__private::window(i, batch))
+                }
             }
 
     $crate::bindings::__export_operator_world!(WeirGuest with_types_in $crate::bindings);
         };
+    };
+}
+
+/// Exports a type implementing [`Aggregate`] as a window aggregate: the job
+/// spec's `window:` on the operator says which windows.
+#[macro_export]
+macro_rules! export_aggregate {
+    ($aggregate:ty) => {
+        $crate::export_operator!($crate::Windowed<$aggregate>);
     };
 }
 

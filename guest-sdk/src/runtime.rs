@@ -13,7 +13,7 @@ use weir_abi::{BatchKind, Domain, Entry, InputReader, MAIN_OUTPUT, OutputWriter}
 
 use crate::bindings::weir::operator::{log as host_log, output as host_output};
 use crate::bindings::weir::operator::{state as host_state, timers as host_timers, types};
-use crate::{Error, Operator, Result, StateValue};
+use crate::{Error, Operator, Result, StateValue, Window, WindowStep};
 
 /// A handle to a keyed value state declared in [`Operator::init`]; its value
 /// travels with each batch, so reads and writes cost no host call.
@@ -200,8 +200,32 @@ impl Context<'_> {
     }
 
     fn value_index(&self, id: u32) -> usize {
+        self.value_index_at(self.slot, id)
+    }
+
+    fn value_index_at(&self, slot: u32, id: u32) -> usize {
         assert!(id < self.table.states, "value state {id} was not declared");
-        (self.slot * self.table.states + id) as usize
+        (slot * self.table.states + id) as usize
+    }
+
+    /// A value state of another slot of the batch (window merges).
+    pub(crate) fn get_at<T: StateValue>(
+        &self,
+        slot: u32,
+        state: &ValueState<T>,
+    ) -> Result<Option<T>> {
+        let bytes = match self.table.values[self.value_index_at(slot, state.id)] {
+            Val::Absent => None,
+            Val::Input(s, l) => Some(range(self.input, (s, l))),
+            Val::Arena(s, l) => Some(range(&self.table.arena, (s, l))),
+        };
+        bytes.map(T::decode).transpose()
+    }
+
+    pub(crate) fn clear_at<T>(&mut self, slot: u32, state: &ValueState<T>) {
+        let index = self.value_index_at(slot, state.id);
+        self.table.values[index] = Val::Absent;
+        self.table.dirty[index] = true;
     }
 
     /// The raw bytes of a value state for the current key.
@@ -381,6 +405,18 @@ pub fn process<O: Operator>(
     run_batch(instance, &batch, BatchKind::Records).map_err(|e| e.to_string())
 }
 
+pub fn window<O: Operator>(
+    instance: &Instance<O>,
+    batch: Vec<u8>,
+) -> std::result::Result<Vec<u8>, String> {
+    run_batch(instance, &batch, BatchKind::Window).map_err(|e| e.to_string())
+}
+
+fn window_of(slot_key: &[u8]) -> Result<(&[u8], i64, i64)> {
+    weir_abi::split_window_slot_key(slot_key)
+        .ok_or_else(|| "window slot key shorter than a window".into())
+}
+
 pub fn on_timer<O: Operator>(
     instance: &Instance<O>,
     batch: Vec<u8>,
@@ -436,8 +472,14 @@ fn run_batch<O: Operator>(
         let (slot, timestamp) = match entry {
             Entry::Record {
                 slot, timestamp, ..
+            }
+            | Entry::WindowAdd {
+                slot, timestamp, ..
             } => (slot, timestamp),
             Entry::Timer { slot, time, .. } => (slot, time),
+            Entry::WindowMerge { slot, .. } | Entry::WindowFire { slot } => {
+                (slot, header.watermark)
+            }
         };
         let mut ctx = Context {
             input,
@@ -469,6 +511,28 @@ fn run_batch<O: Operator>(
                     },
                 };
                 live.operator.on_timer(timer, &mut ctx)?;
+            }
+            Entry::WindowAdd { value, .. } => {
+                let (key, start, end) = window_of(key)?;
+                let record = Record {
+                    key,
+                    value,
+                    timestamp,
+                };
+                let window = Window { key, start, end };
+                live.operator
+                    .window(WindowStep::Add(record), window, &mut ctx)?;
+            }
+            Entry::WindowMerge { from, .. } => {
+                let (key, start, end) = window_of(key)?;
+                let window = Window { key, start, end };
+                live.operator
+                    .window(WindowStep::Merge { from }, window, &mut ctx)?;
+            }
+            Entry::WindowFire { .. } => {
+                let (key, start, end) = window_of(key)?;
+                let window = Window { key, start, end };
+                live.operator.window(WindowStep::Fire, window, &mut ctx)?;
             }
         }
     }

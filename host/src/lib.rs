@@ -10,6 +10,8 @@
 //! - [`time`]: watermark generation, min-of-inputs, the timer service.
 //! - [`wasm`]: the sandboxed engine, compile cache, host side of the guest
 //!   contract (`guest-sdk/wit`), and the operator that drives a guest.
+//! - [`window`]: keyed tumbling, sliding and session windows around a Wasm
+//!   aggregate, allowed lateness, the late side output.
 //! - [`connectors`]: generator and file sources; stdout, file, discard sinks.
 //! - [`operators`]: native twins of the example operators, for benchmarks.
 //! - [`bench`]: `weir bench`.
@@ -24,3 +26,4 @@ pub mod runtime;
 pub mod state;
 pub mod time;
 pub mod wasm;
+pub mod window;

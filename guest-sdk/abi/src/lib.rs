@@ -15,7 +15,14 @@
 //! slot_count x { u32 key_len, key, value_state_count x { u32 len | ABSENT, bytes } }
 //! records: entry_count x { u32 slot, i64 timestamp, u32 value_len, value }
 //! timers:  entry_count x { u32 slot, i64 time, u32 domain (0 event, 1 processing) }
+//! window:  entry_count x { u32 slot, u32 op, then by op:
+//!            0 add:   i64 timestamp, u32 value_len, value
+//!            1 merge: u32 from_slot   (from_slot's accumulator folds into slot's)
+//!            2 fire:  nothing         (emit the window's result) }
 //! ```
+//! In a window batch each slot is one (key, window) pair: its key is
+//! [`window_slot_key`] (the record key, then the window's start and end as
+//! little-endian i64s) and its one value state is the window's accumulator.
 //! Output, magic `WOB1`:
 //! ```text
 //! u32 magic  u32 emit_count  u32 update_count
@@ -47,6 +54,27 @@ const OUTPUT_HEADER: usize = 12;
 pub enum BatchKind {
     Records = 0,
     Timers = 1,
+    Window = 2,
+}
+
+/// The one value state a window aggregate declares: its accumulator. The
+/// host recognises window aggregates by it.
+pub const WINDOW_ACC_STATE: &str = "window-acc";
+
+/// The slot key of a (key, window) pair in a window batch.
+pub fn window_slot_key(out: &mut Vec<u8>, key: &[u8], start: i64, end: i64) {
+    out.extend_from_slice(key);
+    out.extend_from_slice(&start.to_le_bytes());
+    out.extend_from_slice(&end.to_le_bytes());
+}
+
+/// Splits a window slot key into (key, start, end); `None` when too short.
+pub fn split_window_slot_key(slot_key: &[u8]) -> Option<(&[u8], i64, i64)> {
+    let split = slot_key.len().checked_sub(16)?;
+    let (key, window) = slot_key.split_at(split);
+    let start = i64::from_le_bytes(window[..8].try_into().ok()?);
+    let end = i64::from_le_bytes(window[8..].try_into().ok()?);
+    Some((key, start, end))
 }
 
 /// The clock a fired timer belongs to.
@@ -256,6 +284,27 @@ impl<'a> InputWriter<'a> {
         self.entries += 1;
     }
 
+    pub fn window_add(&mut self, slot: u32, timestamp: i64, value: &[u8]) {
+        put_u32(self.buf, slot);
+        put_u32(self.buf, 0);
+        put_i64(self.buf, timestamp);
+        put_bytes(self.buf, value);
+        self.entries += 1;
+    }
+
+    pub fn window_merge(&mut self, slot: u32, from: u32) {
+        put_u32(self.buf, slot);
+        put_u32(self.buf, 1);
+        put_u32(self.buf, from);
+        self.entries += 1;
+    }
+
+    pub fn window_fire(&mut self, slot: u32) {
+        put_u32(self.buf, slot);
+        put_u32(self.buf, 2);
+        self.entries += 1;
+    }
+
     pub fn timer(&mut self, slot: u32, time: i64, domain: Domain) {
         put_u32(self.buf, slot);
         put_i64(self.buf, time);
@@ -300,6 +349,17 @@ pub enum Entry<'a> {
         time: i64,
         domain: Domain,
     },
+    /// Fold a record into the slot's window accumulator.
+    WindowAdd {
+        slot: u32,
+        timestamp: i64,
+        value: &'a [u8],
+    },
+    /// Fold `from`'s accumulator into `slot`'s and clear `from`'s (session
+    /// windows merging).
+    WindowMerge { slot: u32, from: u32 },
+    /// Emit the result of the slot's window.
+    WindowFire { slot: u32 },
 }
 
 /// Reads an input batch; slots are read eagerly by the caller through
@@ -323,6 +383,7 @@ impl<'a> InputReader<'a> {
         let kind = match c.u32("batch kind")? {
             0 => BatchKind::Records,
             1 => BatchKind::Timers,
+            2 => BatchKind::Window,
             _ => {
                 return Err(AbiError {
                     what: "unknown batch kind",
@@ -410,6 +471,30 @@ impl<'a> InputReader<'a> {
                         });
                     }
                 },
+            },
+            BatchKind::Window => match self.cursor.u32("window op")? {
+                0 => Entry::WindowAdd {
+                    slot,
+                    timestamp: self.cursor.i64("record timestamp")?,
+                    value: self.cursor.bytes("record value")?,
+                },
+                1 => {
+                    let from = self.cursor.u32("merge source slot")?;
+                    if from >= self.header.slot_count || from == slot {
+                        return Err(AbiError {
+                            what: "merge source slot out of range",
+                            offset: at,
+                        });
+                    }
+                    Entry::WindowMerge { slot, from }
+                }
+                2 => Entry::WindowFire { slot },
+                _ => {
+                    return Err(AbiError {
+                        what: "unknown window op",
+                        offset: at,
+                    });
+                }
             },
         }))
     }
@@ -552,6 +637,58 @@ impl<'a> OutputReader<'a> {
             state: self.cursor.u32("update state")?,
             value: self.cursor.optional_bytes("update value")?,
         }))
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn window_batch_round_trip_and_bad_merge() {
+        let mut key = Vec::new();
+        window_slot_key(&mut key, b"user", -5, 10);
+        assert_eq!(split_window_slot_key(&key), Some((&b"user"[..], -5, 10)));
+        assert_eq!(split_window_slot_key(b"short"), None);
+        let mut buf = Vec::new();
+        let mut w = InputWriter::new(&mut buf, BatchKind::Window, 0, 0, 1);
+        w.slot_key(&key);
+        w.slot_state(None);
+        w.slot_key(&key);
+        w.slot_state(Some(b"acc"));
+        w.window_add(0, 3, b"v");
+        w.window_merge(0, 1);
+        w.window_fire(0);
+        w.finish();
+        let mut r = InputReader::new(&buf).unwrap();
+        while r.next_slot().unwrap().is_some() {}
+        assert_eq!(
+            r.next_entry().unwrap(),
+            Some(Entry::WindowAdd {
+                slot: 0,
+                timestamp: 3,
+                value: b"v"
+            })
+        );
+        assert_eq!(
+            r.next_entry().unwrap(),
+            Some(Entry::WindowMerge { slot: 0, from: 1 })
+        );
+        assert_eq!(r.next_entry().unwrap(), Some(Entry::WindowFire { slot: 0 }));
+        assert_eq!(r.next_entry().unwrap(), None);
+
+        let mut buf = Vec::new();
+        let mut w = InputWriter::new(&mut buf, BatchKind::Window, 0, 0, 1);
+        w.slot_key(&key);
+        w.slot_state(None);
+        w.window_merge(0, 0);
+        w.finish();
+        let mut r = InputReader::new(&buf).unwrap();
+        while r.next_slot().unwrap().is_some() {}
+        assert_eq!(
+            r.next_entry().unwrap_err().what,
+            "merge source slot out of range"
+        );
     }
 }
 

@@ -94,7 +94,7 @@ fn job_env(modules: &ModuleArgs) -> anyhow::Result<JobEnv> {
     let wasm = WasmRuntime::new(SandboxPolicy::default(), cache_dir.as_deref())?;
     let mut module_dirs = modules.module_dirs.clone();
     module_dirs.extend(crate::bench::default_module_dirs());
-    Ok(JobEnv { wasm, module_dirs })
+    Ok(JobEnv::new(wasm, module_dirs))
 }
 
 pub fn main() -> ExitCode {
@@ -196,6 +196,18 @@ fn side_summary(report: &crate::runtime::JobReport) -> String {
         s.push_str(&format!(
             ", {} side-output records had no sink in the spec",
             report.unrouted_side_records
+        ));
+    }
+    if report.late_records > 0 {
+        s.push_str(&format!(
+            ", {} records too late for their windows",
+            report.late_records
+        ));
+    }
+    if report.far_future_records > 0 {
+        s.push_str(&format!(
+            ", {} records beyond the future horizon (not moving the watermark)",
+            report.far_future_records
         ));
     }
     s

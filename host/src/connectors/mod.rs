@@ -29,6 +29,8 @@ pub enum ConnectorError {
         line: u64,
         problem: String,
     },
+    #[error("the spec's source is `embedded`, but the program running the job supplied none")]
+    NoEmbeddedSource,
 }
 
 /// Whether a source has more to give.
@@ -64,5 +66,6 @@ pub fn build_source(
             f.key_field.clone(),
             f.timestamp_field.clone(),
         )?),
+        SourceSpec::Embedded(_) => return Err(ConnectorError::NoEmbeddedSource),
     })
 }

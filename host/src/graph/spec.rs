@@ -102,6 +102,17 @@ impl Default for BatchSpec {
 pub enum SourceSpec {
     Generator(GeneratorSource),
     File(FileSource),
+    /// Records from a source the embedding program supplies in code
+    /// ([`crate::runtime::JobEnv::embedded_source`]).
+    Embedded(EmbeddedSource),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedSource {
+    pub parallelism: Option<u32>,
+    #[serde(default)]
+    pub watermark: WatermarkSpec,
 }
 
 /// Event `i` of `0..events`: key `i % keys`, event time `i / events_per_ms`
@@ -142,8 +153,9 @@ impl<'de> Deserialize<'de> for SourceSpec {
         match kind.as_str() {
             "generator" => tagged_body(body).map(SourceSpec::Generator),
             "file" => tagged_body(body).map(SourceSpec::File),
+            "embedded" => tagged_body(body).map(SourceSpec::Embedded),
             other => Err(serde::de::Error::custom(format!(
-                "unknown source type `{other}`, expected `generator` or `file`"
+                "unknown source type `{other}`, expected `generator`, `file` or `embedded`"
             ))),
         }
     }
@@ -212,9 +224,28 @@ pub struct WatermarkSpec {
     /// Watermark = highest event time seen - this - 1 ms.
     #[serde(default, deserialize_with = "duration")]
     pub max_out_of_orderness: Duration,
-    /// How often a source instance publishes its watermark.
+    /// How often a source instance publishes its watermark; `0ms` after
+    /// every batch (with `batch.size: 1`, after every record).
     #[serde(default = "default_watermark_interval", deserialize_with = "duration")]
     pub interval: Duration,
+    /// A source instance that has produced nothing for this long declares
+    /// itself idle: downstream operators leave it out of their minimum until
+    /// it produces again. None: never idle.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// A record more than this far ahead of the wall clock does not move the
+    /// watermark (one bad timestamp must not close every window for years);
+    /// it is counted and still processed. Default one day.
+    #[serde(default = "default_future_horizon", deserialize_with = "duration")]
+    pub future_horizon: Duration,
+}
+
+fn default_future_horizon() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn default_watermark_interval() -> Duration {
@@ -226,6 +257,8 @@ impl Default for WatermarkSpec {
         WatermarkSpec {
             max_out_of_orderness: Duration::ZERO,
             interval: default_watermark_interval(),
+            idle_timeout: None,
+            future_horizon: default_future_horizon(),
         }
     }
 }
@@ -263,6 +296,98 @@ pub struct OperatorSpec {
     /// Where each declared side output goes.
     #[serde(default)]
     pub side_outputs: BTreeMap<String, SinkSpec>,
+    /// Makes the operator a keyed window: the module is a window aggregate.
+    pub window: Option<WindowSpec>,
+}
+
+/// Keyed event-time windows, assigned and fired by the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub kind: WindowKind,
+    /// How long after a window's end (by the watermark) records still update
+    /// it; each such record fires the window again with the updated result.
+    pub allowed_lateness: Duration,
+    /// The side output that gets records later than that.
+    pub late_output: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Fixed, non-overlapping windows `[k * size, (k + 1) * size)`.
+    Tumbling { size: Duration },
+    /// Windows of `size` starting every `slide`; a record is in each window
+    /// that covers it.
+    Sliding { size: Duration, slide: Duration },
+    /// Per key, records closer than `gap` to each other share a window.
+    Session { gap: Duration },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TumblingWindow {
+    #[serde(deserialize_with = "duration")]
+    size: Duration,
+    #[serde(default, deserialize_with = "duration")]
+    allowed_lateness: Duration,
+    #[serde(default = "default_late_output")]
+    late_output: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlidingWindow {
+    #[serde(deserialize_with = "duration")]
+    size: Duration,
+    #[serde(deserialize_with = "duration")]
+    slide: Duration,
+    #[serde(default, deserialize_with = "duration")]
+    allowed_lateness: Duration,
+    #[serde(default = "default_late_output")]
+    late_output: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionWindow {
+    #[serde(deserialize_with = "duration")]
+    gap: Duration,
+    #[serde(default, deserialize_with = "duration")]
+    allowed_lateness: Duration,
+    #[serde(default = "default_late_output")]
+    late_output: String,
+}
+
+fn default_late_output() -> String {
+    "late".into()
+}
+
+impl<'de> Deserialize<'de> for WindowSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (kind, body) = split_tag(d)?;
+        match kind.as_str() {
+            "tumbling" => tagged_body(body).map(|w: TumblingWindow| WindowSpec {
+                kind: WindowKind::Tumbling { size: w.size },
+                allowed_lateness: w.allowed_lateness,
+                late_output: w.late_output,
+            }),
+            "sliding" => tagged_body(body).map(|w: SlidingWindow| WindowSpec {
+                kind: WindowKind::Sliding {
+                    size: w.size,
+                    slide: w.slide,
+                },
+                allowed_lateness: w.allowed_lateness,
+                late_output: w.late_output,
+            }),
+            "session" => tagged_body(body).map(|w: SessionWindow| WindowSpec {
+                kind: WindowKind::Session { gap: w.gap },
+                allowed_lateness: w.allowed_lateness,
+                late_output: w.late_output,
+            }),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown window type `{other}`, expected `tumbling`, `sliding` or `session`"
+            ))),
+        }
+    }
 }
 
 /// A sink, chosen by its `type` field.
@@ -480,6 +605,11 @@ impl JobSpec {
                     ));
                 }
             }
+            SourceSpec::Embedded(EmbeddedSource { parallelism, .. }) => {
+                if let Some(p) = parallelism {
+                    check_parallelism("source.parallelism", *p, self.max_parallelism)?;
+                }
+            }
         }
         if self.operators.is_empty() {
             return Err(invalid("operators", "a job needs at least one operator"));
@@ -524,6 +654,45 @@ impl JobSpec {
             for name in op.side_outputs.keys() {
                 check_name(&field(&format!("side_outputs.{name}")), name)?;
             }
+            if let Some(w) = &op.window {
+                if op.module.is_none() {
+                    return Err(invalid(
+                        field("window"),
+                        "a window needs a Wasm aggregate module (`module:`)",
+                    ));
+                }
+                if op.input != Partitioning::Key {
+                    return Err(invalid(
+                        field("input"),
+                        "a window is per key: set `input: key`",
+                    ));
+                }
+                let positive = |f: &str, d: Duration| {
+                    if d.as_millis() == 0 {
+                        Err(invalid(
+                            field(&format!("window.{f}")),
+                            "must be at least 1ms",
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                };
+                match w.kind {
+                    WindowKind::Tumbling { size } => positive("size", size)?,
+                    WindowKind::Sliding { size, slide } => {
+                        positive("size", size)?;
+                        positive("slide", slide)?;
+                        if size.as_millis() / slide.as_millis() > 1000 {
+                            return Err(invalid(
+                                field("window.slide"),
+                                "a record would fall in more than 1000 windows; make the slide longer",
+                            ));
+                        }
+                    }
+                    WindowKind::Session { gap } => positive("gap", gap)?,
+                }
+                check_name(&field("window.late_output"), &w.late_output)?;
+            }
         }
         Ok(())
     }
@@ -537,6 +706,7 @@ impl JobSpec {
         match &self.source {
             SourceSpec::Generator(g) => g.parallelism.unwrap_or(self.parallelism),
             SourceSpec::File(_) => 1,
+            SourceSpec::Embedded(e) => e.parallelism.unwrap_or(self.parallelism),
         }
     }
 
@@ -544,6 +714,7 @@ impl JobSpec {
         match &self.source {
             SourceSpec::Generator(g) => g.watermark,
             SourceSpec::File(f) => f.watermark,
+            SourceSpec::Embedded(e) => e.watermark,
         }
     }
 }

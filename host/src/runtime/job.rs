@@ -20,16 +20,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::connectors::{ConnectorError, SinkFactory, build_source};
-use crate::graph::spec::{JobSpec, SourceSpec, StateBackendKind};
+use crate::connectors::{ConnectorError, SinkFactory, Source, build_source};
+use crate::graph::spec::{JobSpec, SourceSpec, StateBackendKind, WindowSpec};
 use crate::graph::{TaskGroup, key_group_range, plan};
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{InstanceInfo, Operator, OperatorError};
 use crate::runtime::router::{Envelope, Router};
-use crate::runtime::task::{Head, SharedCounters, Tail, Task, TaskError, TaskStats};
+use crate::runtime::task::{Head, SharedCounters, SourceTime, Tail, Task, TaskError, TaskStats};
 use crate::state::MemoryBackend;
-use crate::time::{BoundedOutOfOrderness, InputWatermarks};
+use crate::time::InputWatermarks;
 use crate::wasm::{ModuleError, WasmModule, WasmRuntime};
+use crate::window::WindowOperator;
 
 /// Batches a channel between two tasks holds before the sender blocks.
 const CHANNEL_BATCHES: usize = 16;
@@ -72,11 +73,28 @@ impl From<TaskError> for JobError {
     }
 }
 
+/// Builds source instance `instance` of `parallelism` for a spec whose
+/// source is `embedded`.
+pub type EmbeddedSource = Arc<dyn Fn(u32, u32) -> Box<dyn Source> + Send + Sync>;
+
 /// What a job runs with: the Wasm runtime and where module names are looked up.
 #[derive(Clone)]
 pub struct JobEnv {
     pub wasm: Arc<WasmRuntime>,
     pub module_dirs: Vec<PathBuf>,
+    /// The source of specs with `source: {type: embedded}`, for programs
+    /// that use Weir as a library.
+    pub embedded_source: Option<EmbeddedSource>,
+}
+
+impl JobEnv {
+    pub fn new(wasm: Arc<WasmRuntime>, module_dirs: Vec<PathBuf>) -> Self {
+        JobEnv {
+            wasm,
+            module_dirs,
+            embedded_source: None,
+        }
+    }
 }
 
 /// The outcome of a finished job.
@@ -90,6 +108,11 @@ pub struct JobReport {
     pub side_records: BTreeMap<String, u64>,
     /// Records emitted to side outputs that have no sink in the spec.
     pub unrouted_side_records: u64,
+    /// Records too far ahead of the wall clock to move the watermark.
+    pub far_future_records: u64,
+    /// Records later than their windows' allowed lateness (sent to the
+    /// windows' late side outputs).
+    pub late_records: u64,
     pub elapsed: Duration,
     /// Time tasks spent blocked on full channels, summed.
     pub blocked: Duration,
@@ -147,6 +170,7 @@ struct OperatorPlan {
     kind: OperatorKind,
     parallelism: u32,
     keyed: bool,
+    window: Option<WindowSpec>,
 }
 
 fn build_operator(
@@ -155,6 +179,7 @@ fn build_operator(
     job: &str,
     instance: u32,
     max_parallelism: u32,
+    shared: &SharedCounters,
 ) -> Result<Box<dyn Operator>, OperatorError> {
     let key_groups = if plan.keyed {
         key_group_range(instance, max_parallelism, plan.parallelism)
@@ -173,7 +198,16 @@ fn build_operator(
     let backend = Box::new(MemoryBackend::new(key_groups));
     match &plan.kind {
         OperatorKind::Wasm { module, config } => {
-            Ok(Box::new(wasm.instantiate(module, info, backend, config)?))
+            let guest = wasm.instantiate(module, info.clone(), backend, config)?;
+            match &plan.window {
+                Some(window) => Ok(Box::new(WindowOperator::new(
+                    guest,
+                    info,
+                    window,
+                    shared.late_records.clone(),
+                )?)),
+                None => Ok(Box::new(guest)),
+            }
         }
         OperatorKind::Native(name) => crate::operators::build(name, info, backend),
     }
@@ -226,6 +260,7 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
             kind,
             parallelism: spec.operator_parallelism(i),
             keyed,
+            window: op.window.clone(),
         });
     }
     let operator_plans = Arc::new(operator_plans);
@@ -258,12 +293,13 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
     for (gi, group) in groups.iter().enumerate() {
         for instance in 0..group.parallelism {
             let head = if gi == 0 {
+                let source = match (&spec.source, &env.embedded_source) {
+                    (SourceSpec::Embedded(_), Some(make)) => make(instance, group.parallelism),
+                    _ => build_source(&spec.source, instance, group.parallelism)?,
+                };
                 Head::Source {
-                    source: build_source(&spec.source, instance, group.parallelism)?,
-                    watermarks: BoundedOutOfOrderness::new(
-                        watermark_spec.max_out_of_orderness.as_millis() as i64,
-                    ),
-                    interval: watermark_spec.interval,
+                    source,
+                    time: SourceTime::new(&watermark_spec),
                 }
             } else {
                 let inputs = groups[gi - 1].parallelism as usize;
@@ -304,7 +340,14 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
                     let mut operators = Vec::new();
                     let mut sides = Vec::new();
                     for &i in &ops {
-                        let op = build_operator(&wasm, &plans[i], &job, instance, max_parallelism)?;
+                        let op = build_operator(
+                            &wasm,
+                            &plans[i],
+                            &job,
+                            instance,
+                            max_parallelism,
+                            &shared,
+                        )?;
                         sides.push(
                             op.side_outputs()
                                 .iter()
@@ -376,6 +419,8 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
         sink_value_sum: main_sink.totals.value_sum.load(Ordering::Relaxed),
         side_records,
         unrouted_side_records: shared.unrouted_side_records.load(Ordering::Relaxed),
+        far_future_records: shared.far_future_records.load(Ordering::Relaxed),
+        late_records: shared.late_records.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
         blocked,
         latency: shared.latency,
@@ -388,6 +433,7 @@ fn group_name(spec: &JobSpec, group: &TaskGroup) -> String {
         parts.push(match spec.source {
             SourceSpec::Generator(_) => "generator",
             SourceSpec::File(_) => "file",
+            SourceSpec::Embedded(_) => "embedded",
         });
     }
     parts.extend(

@@ -9,5 +9,5 @@ pub mod router;
 pub mod task;
 
 pub use batch::{RecordBatch, RecordRef};
-pub use job::{JobEnv, JobError, JobReport, run, run_file};
+pub use job::{EmbeddedSource, JobEnv, JobError, JobReport, run, run_file};
 pub use operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};

@@ -19,6 +19,9 @@ use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 pub enum Event {
     Records(RecordBatch),
     Watermark(i64),
+    /// The sender has had nothing to send for its idle timeout; it becomes
+    /// active again with its next records or watermark.
+    Idle,
     End,
 }
 

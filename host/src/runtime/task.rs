@@ -10,8 +10,16 @@
 //!   only then does the next operator see the new watermark; the watermark
 //!   leaves the task after everything it caused.
 //! - The task's watermark is the minimum over its inputs that have not ended
-//!   (a source task: its bounded-out-of-orderness generator); when every
-//!   input has ended it is `i64::MAX`, which fires all event-time timers.
+//!   and are not idle (a source task: its bounded-out-of-orderness
+//!   generator); when every input has ended it is `i64::MAX`, which fires all
+//!   event-time timers. It never goes back: records of an input that resumes
+//!   behind it are late.
+//! - Idleness: a source task that has produced no record for its
+//!   `idle_timeout` sends `Idle` downstream; a receiver leaves that input out
+//!   of its minimum until records or a watermark arrive from it again. A task
+//!   whose inputs are all idle (or ended) forwards `Idle` in turn.
+//! - A source record more than `future_horizon` ahead of the wall clock is
+//!   processed but not observed by the watermark generator, and counted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,11 +44,52 @@ pub enum TaskError {
     PeerStopped { task: String },
 }
 
+/// How a source task tracks event time.
+pub struct SourceTime {
+    pub watermarks: BoundedOutOfOrderness,
+    pub interval: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub future_horizon_ms: i64,
+}
+
+impl SourceTime {
+    pub fn new(spec: &crate::graph::spec::WatermarkSpec) -> Self {
+        let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
+        SourceTime {
+            watermarks: BoundedOutOfOrderness::new(ms(spec.max_out_of_orderness)),
+            interval: spec.interval,
+            idle_timeout: spec.idle_timeout,
+            future_horizon_ms: ms(spec.future_horizon),
+        }
+    }
+
+    /// Feeds the batch's timestamps to the watermark generator, except those
+    /// beyond the horizon; returns how many were beyond it.
+    fn observe(&mut self, batch: &RecordBatch) -> u64 {
+        let Some(max) = batch.max_timestamp() else {
+            return 0;
+        };
+        let limit = now_millis().saturating_add(self.future_horizon_ms);
+        if max <= limit {
+            self.watermarks.observe(max);
+            return 0;
+        }
+        let mut beyond = 0;
+        for r in batch.iter() {
+            if r.timestamp > limit {
+                beyond += 1;
+            } else {
+                self.watermarks.observe(r.timestamp);
+            }
+        }
+        beyond
+    }
+}
+
 pub enum Head {
     Source {
         source: Box<dyn Source>,
-        watermarks: BoundedOutOfOrderness,
-        interval: Duration,
+        time: SourceTime,
     },
     Input {
         receiver: Receiver<Envelope>,
@@ -61,6 +110,10 @@ pub struct SharedCounters {
     pub latency: Arc<LatencyHistogram>,
     /// Records emitted to side outputs that have no sink in the spec.
     pub unrouted_side_records: Arc<std::sync::atomic::AtomicU64>,
+    /// Source records beyond the future horizon.
+    pub far_future_records: Arc<std::sync::atomic::AtomicU64>,
+    /// Records too late for every window they belong to.
+    pub late_records: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Counters of one finished task.
@@ -279,11 +332,7 @@ impl Task {
             },
         );
         let result = match head {
-            Head::Source {
-                source,
-                watermarks,
-                interval,
-            } => self.run_source(source, watermarks, interval),
+            Head::Source { source, time } => self.run_source(source, time),
             Head::Input {
                 receiver,
                 watermarks,
@@ -302,29 +351,56 @@ impl Task {
         result.map(|()| self.stats.clone())
     }
 
+    fn broadcast_idle(&mut self) -> Result<(), TaskError> {
+        if let Tail::Router(router) = &mut self.tail {
+            router
+                .broadcast(|| Event::Idle)
+                .map_err(|d| self.peer_stopped(d))?;
+        }
+        Ok(())
+    }
+
     fn run_source(
         &mut self,
         mut source: Box<dyn Source>,
-        mut watermarks: BoundedOutOfOrderness,
-        interval: Duration,
+        mut time: SourceTime,
     ) -> Result<(), TaskError> {
         let mut batch = RecordBatch::with_capacity(self.batch_size, self.batch_size * 32);
         let mut last_watermark = Instant::now();
+        let mut last_record = Instant::now();
+        let mut idle = false;
         loop {
             batch.clear();
             batch.origin = Some(Instant::now());
             let poll = source.poll(&mut batch, self.batch_size)?;
-            if let Some(max) = batch.max_timestamp() {
-                watermarks.observe(max);
+            let beyond = time.observe(&batch);
+            if beyond > 0 {
+                self.shared
+                    .far_future_records
+                    .fetch_add(beyond, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(task = %self.name, records = beyond,
+                    "records more than the future horizon ahead of the clock do not move the watermark");
             }
             self.stats.records_in += batch.len() as u64;
+            if !batch.is_empty() {
+                last_record = Instant::now();
+                idle = false;
+            }
             self.run_chain(0, &batch)?;
             if poll == Poll::End {
                 return self.finish();
             }
-            if last_watermark.elapsed() >= interval {
+            if last_watermark.elapsed() >= time.interval {
                 last_watermark = Instant::now();
-                self.advance_watermark(watermarks.current())?;
+                self.advance_watermark(time.watermarks.current())?;
+            }
+            if let Some(timeout) = time.idle_timeout
+                && !idle
+                && last_record.elapsed() >= timeout
+            {
+                idle = true;
+                self.flush_due()?;
+                self.broadcast_idle()?;
             }
             self.flush_due()?;
             self.fire_processing_timers()?;
@@ -358,12 +434,22 @@ impl Task {
             match message {
                 Ok(Envelope { from, event }) => match event {
                     Event::Records(batch) => {
+                        watermarks.activate(from as usize);
                         self.stats.records_in += batch.len() as u64;
                         self.run_chain(0, &batch)?;
                     }
                     Event::Watermark(w) => {
                         if let Some(w) = watermarks.update(from as usize, w) {
                             self.advance_watermark(w)?;
+                        }
+                    }
+                    Event::Idle => {
+                        let was_idle = watermarks.all_idle();
+                        if let Some(w) = watermarks.set_idle(from as usize) {
+                            self.advance_watermark(w)?;
+                        }
+                        if !was_idle && watermarks.all_idle() {
+                            self.broadcast_idle()?;
                         }
                     }
                     Event::End => {

@@ -40,9 +40,16 @@ impl BoundedOutOfOrderness {
 }
 
 /// The watermarks of a task's inputs and their minimum.
+///
+/// The minimum is taken over the inputs that are neither idle nor ended; an
+/// ended input counts as `i64::MAX`. While every input that has not ended is
+/// idle, the watermark holds (an idle input may resume with old data, so
+/// nothing may be assumed about it); once all inputs have ended it is
+/// `i64::MAX`. The result never goes backwards.
 #[derive(Clone, Debug)]
 pub struct InputWatermarks {
     marks: Vec<i64>,
+    idle: Vec<bool>,
     current: i64,
 }
 
@@ -50,6 +57,7 @@ impl InputWatermarks {
     pub fn new(inputs: usize) -> Self {
         InputWatermarks {
             marks: vec![i64::MIN; inputs],
+            idle: vec![false; inputs],
             current: i64::MIN,
         }
     }
@@ -58,11 +66,24 @@ impl InputWatermarks {
         self.current
     }
 
-    /// Records an input's watermark; returns the task watermark if it advanced.
-    pub fn update(&mut self, input: usize, watermark: i64) -> Option<i64> {
-        let mark = &mut self.marks[input];
-        *mark = (*mark).max(watermark);
-        let min = self.marks.iter().copied().min().unwrap_or(i64::MAX);
+    fn recompute(&mut self) -> Option<i64> {
+        let mut min = i64::MAX;
+        let mut active = false;
+        let mut waiting = false;
+        for (&mark, &idle) in self.marks.iter().zip(&self.idle) {
+            if mark == i64::MAX {
+                continue;
+            }
+            if idle {
+                waiting = true;
+            } else {
+                active = true;
+                min = min.min(mark);
+            }
+        }
+        if !active && waiting {
+            return None;
+        }
         if min > self.current {
             self.current = min;
             Some(min)
@@ -71,8 +92,38 @@ impl InputWatermarks {
         }
     }
 
+    /// Records an input's watermark; returns the task watermark if it advanced.
+    pub fn update(&mut self, input: usize, watermark: i64) -> Option<i64> {
+        self.idle[input] = false;
+        let mark = &mut self.marks[input];
+        *mark = (*mark).max(watermark);
+        self.recompute()
+    }
+
+    /// Records from an input make it active again (its old watermark counts
+    /// until it sends a newer one).
+    pub fn activate(&mut self, input: usize) {
+        self.idle[input] = false;
+    }
+
+    /// An idle input stops holding the minimum back.
+    pub fn set_idle(&mut self, input: usize) -> Option<i64> {
+        self.idle[input] = true;
+        self.recompute()
+    }
+
+    /// True when no input that has not ended is active.
+    pub fn all_idle(&self) -> bool {
+        self.marks
+            .iter()
+            .zip(&self.idle)
+            .all(|(&m, &idle)| m == i64::MAX || idle)
+            && self.idle.iter().any(|&i| i)
+    }
+
     /// An ended input no longer holds the minimum back.
     pub fn end(&mut self, input: usize) -> Option<i64> {
+        self.idle[input] = false;
         self.update(input, i64::MAX)
     }
 }
@@ -154,6 +205,29 @@ mod tests {
         assert_eq!(w.update(1, 3), None, "watermarks never go back");
         assert_eq!(w.end(1), Some(10));
         assert_eq!(w.end(0), Some(i64::MAX));
+    }
+
+    #[test]
+    fn idle_inputs_leave_the_minimum_until_they_resume() {
+        let mut w = InputWatermarks::new(3);
+        w.update(0, 10);
+        w.update(1, 20);
+        assert_eq!(w.current(), i64::MIN, "input 2 has said nothing yet");
+        assert_eq!(w.set_idle(2), Some(10));
+        assert_eq!(w.update(0, 30), Some(20));
+        w.activate(2);
+        assert_eq!(w.update(1, 40), None, "resumed input 2 holds it again");
+        assert_eq!(w.update(2, 5), None, "and it never goes back");
+        assert_eq!(w.update(2, 35), Some(30));
+        w.set_idle(0);
+        w.set_idle(1);
+        assert!(!w.all_idle());
+        w.set_idle(2);
+        assert!(w.all_idle());
+        assert_eq!(w.current(), 35, "all idle: the watermark holds");
+        assert_eq!(w.end(0), None);
+        assert_eq!(w.end(1), None);
+        assert_eq!(w.end(2), Some(i64::MAX));
     }
 
     #[test]

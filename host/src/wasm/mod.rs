@@ -13,7 +13,7 @@ pub mod host;
 pub mod operator;
 
 pub use engine::{SandboxEngine, SandboxPolicy};
-pub use operator::{ModuleError, WasmModule, WasmOperator, WasmRuntime};
+pub use operator::{ModuleError, WasmModule, WasmOperator, WasmRuntime, WindowBatch};
 
 /// Generated bindings of the `weir:operator` world.
 pub mod bindings {

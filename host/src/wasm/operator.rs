@@ -221,6 +221,7 @@ impl WasmRuntime {
             deadline_ticks,
             deadline_ms,
             value_ids,
+            value_state_names: declared.value_states,
             has_state,
             side_outputs: declared.side_outputs,
             input: Vec::new(),
@@ -259,6 +260,7 @@ pub struct WasmOperator {
     deadline_ms: u64,
     /// Backend ids of the value states shipped with each batch, in guest order.
     value_ids: Vec<StateId>,
+    value_state_names: Vec<String>,
     has_state: bool,
     side_outputs: Vec<String>,
     input: Vec<u8>,
@@ -401,6 +403,7 @@ impl WasmOperator {
         let result = match kind {
             BatchKind::Records => self.guest.call_process(&mut self.store, &self.input),
             BatchKind::Timers => self.guest.call_on_timer(&mut self.store, &self.input),
+            BatchKind::Window => self.guest.call_window(&mut self.store, &self.input),
         };
         let bytes = match result {
             Ok(Ok(bytes)) => bytes,
@@ -440,8 +443,8 @@ impl WasmOperator {
         {
             if e.tag == weir_abi::MAIN_OUTPUT {
                 out.main.push(e.key, e.value, e.timestamp);
-            } else if let Some(side) = out.side.get_mut(e.tag as usize - 1) {
-                side.push(e.key, e.value, e.timestamp);
+            } else if e.tag as usize <= self.side_outputs.len() {
+                out.side[e.tag as usize - 1].push(e.key, e.value, e.timestamp);
             } else {
                 return Err(OperatorError::new(
                     &self.info,
@@ -518,6 +521,142 @@ impl WasmOperator {
             self.entry_slots = slots;
             self.call_guest(BatchKind::Timers, out)?;
         }
+    }
+}
+
+/// Window steps for one guest call, built by the window operator: slot keys
+/// (key plus window, see [`weir_abi::window_slot_key`]) are referenced by
+/// index, so a merge names two of them.
+#[derive(Debug, Default)]
+pub struct WindowBatch {
+    keys: Vec<u8>,
+    /// (start in `keys`, length, key group) of each referenced slot key.
+    refs: Vec<(u32, u32, u32)>,
+    values: Vec<u8>,
+    entries: Vec<WindowEntry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum WindowEntry {
+    Add {
+        slot: u32,
+        timestamp: i64,
+        value: (u32, u32),
+    },
+    Merge {
+        into: u32,
+        from: u32,
+    },
+    Fire {
+        slot: u32,
+    },
+}
+
+impl WindowBatch {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.refs.clear();
+        self.values.clear();
+        self.entries.clear();
+    }
+
+    fn slot_ref(&mut self, key: &[u8], start: i64, end: i64, key_group: u32) -> u32 {
+        let at = self.keys.len();
+        weir_abi::window_slot_key(&mut self.keys, key, start, end);
+        self.refs
+            .push((at as u32, (self.keys.len() - at) as u32, key_group));
+        (self.refs.len() - 1) as u32
+    }
+
+    pub fn add(
+        &mut self,
+        key: &[u8],
+        window: (i64, i64),
+        key_group: u32,
+        timestamp: i64,
+        value: &[u8],
+    ) {
+        let slot = self.slot_ref(key, window.0, window.1, key_group);
+        let at = self.values.len();
+        self.values.extend_from_slice(value);
+        self.entries.push(WindowEntry::Add {
+            slot,
+            timestamp,
+            value: (at as u32, value.len() as u32),
+        });
+    }
+
+    /// Folds window `from`'s accumulator into `into`'s (same key).
+    pub fn merge(&mut self, key: &[u8], into: (i64, i64), from: (i64, i64), key_group: u32) {
+        let into = self.slot_ref(key, into.0, into.1, key_group);
+        let from = self.slot_ref(key, from.0, from.1, key_group);
+        self.entries.push(WindowEntry::Merge { into, from });
+    }
+
+    pub fn fire(&mut self, key: &[u8], window: (i64, i64), key_group: u32) {
+        let slot = self.slot_ref(key, window.0, window.1, key_group);
+        self.entries.push(WindowEntry::Fire { slot });
+    }
+}
+
+impl WasmOperator {
+    /// Names of the value states the guest declared, in order.
+    pub fn value_state_names(&self) -> &[String] {
+        &self.value_state_names
+    }
+
+    /// The backend the guest's state lives in (the window operator keeps its
+    /// own bookkeeping there too, so snapshots hold both).
+    pub fn backend_mut(&mut self) -> &mut dyn StateBackend {
+        self.store.data_mut().call.backend.as_mut()
+    }
+
+    pub fn set_watermark(&mut self, watermark: i64) {
+        self.store.data_mut().call.watermark = watermark;
+    }
+
+    /// Runs a batch of window steps through the guest's `window` export.
+    pub fn run_window(
+        &mut self,
+        batch: &WindowBatch,
+        out: &mut Output,
+    ) -> Result<(), OperatorError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let keys = &batch.keys;
+        self.assign_slots(
+            batch
+                .refs
+                .iter()
+                .map(|&(at, len, group)| (&keys[at as usize..(at + len) as usize], group)),
+        )?;
+        let slots = std::mem::take(&mut self.entry_slots);
+        let mut w = self.begin_input(BatchKind::Window)?;
+        for entry in &batch.entries {
+            match *entry {
+                WindowEntry::Add {
+                    slot,
+                    timestamp,
+                    value: (at, len),
+                } => w.window_add(
+                    slots[slot as usize],
+                    timestamp,
+                    &batch.values[at as usize..(at + len) as usize],
+                ),
+                WindowEntry::Merge { into, from } => {
+                    w.window_merge(slots[into as usize], slots[from as usize])
+                }
+                WindowEntry::Fire { slot } => w.window_fire(slots[slot as usize]),
+            }
+        }
+        w.finish();
+        self.entry_slots = slots;
+        self.call_guest(BatchKind::Window, out)
     }
 }
 

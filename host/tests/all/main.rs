@@ -7,3 +7,4 @@ mod keyed;
 mod sandbox;
 mod spec;
 mod support;
+mod windows;

@@ -61,10 +61,10 @@ pub fn runtime() -> Arc<WasmRuntime> {
 }
 
 pub fn env() -> JobEnv {
-    JobEnv {
-        wasm: runtime(),
-        module_dirs: vec![examples_dir().to_owned(), fixtures_dir().to_owned()],
-    }
+    JobEnv::new(
+        runtime(),
+        vec![examples_dir().to_owned(), fixtures_dir().to_owned()],
+    )
 }
 
 /// Reads a file sink's JSON lines as (key, value) pairs, sorted.
