@@ -16,6 +16,9 @@ echo
 echo "== fraud-detector: keyed state + event-time timers over JSON transactions"
 "$WEIR" run examples/fraud-detector/job.yaml
 echo
+echo "== clicks-per-window: 10 s tumbling event-time windows per user, late clicks to a side output"
+"$WEIR" run examples/clicks-per-window/job.yaml
+echo
 echo "== keyed-count: 40 generated events over 4 keys at parallelism 2"
 "$WEIR" run examples/keyed-count/job.yaml | tail -n 4
 echo
