@@ -12,12 +12,15 @@
 //!   contract (`guest-sdk/wit`), and the operator that drives a guest.
 //! - [`window`]: keyed tumbling, sliding and session windows around a Wasm
 //!   aggregate, allowed lateness, the late side output.
+//! - [`checkpoint`]: barriers, the checkpoint coordinator, manifests and
+//!   their verification, restoring (also at another parallelism).
 //! - [`connectors`]: generator and file sources; stdout, file, discard sinks.
 //! - [`operators`]: native twins of the example operators, for benchmarks.
 //! - [`bench`]: `weir bench`.
 //! - [`cli`]: the `weir` command line.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod connectors;
 pub mod graph;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::{BenchOptions, Workload};
 use crate::graph::JobSpec;
-use crate::runtime::{JobEnv, JobError};
+use crate::runtime::{JobEnv, JobError, JobHandle, RestoreFrom, StartOptions};
 use crate::wasm::{SandboxPolicy, WasmRuntime};
 
 #[derive(Parser, Debug)]
@@ -45,10 +45,25 @@ pub struct ModuleArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a job spec in this process until its sources are exhausted.
+    /// A job with checkpoints resumes from its latest complete one.
     Run {
         spec: PathBuf,
         #[command(flatten)]
         modules: ModuleArgs,
+        /// Start from the beginning, ignoring the job's checkpoints.
+        #[arg(long, conflicts_with = "from_savepoint")]
+        fresh: bool,
+        /// Resume from this savepoint (or checkpoint) folder.
+        #[arg(long)]
+        from_savepoint: Option<PathBuf>,
+        /// Override the job's parallelism (e.g. to resume a savepoint at
+        /// another parallelism).
+        #[arg(long)]
+        parallelism: Option<u32>,
+        /// On SIGINT or SIGTERM, stop with a savepoint below this folder
+        /// instead of dying.
+        #[arg(long)]
+        savepoint_on_signal: Option<PathBuf>,
     },
     /// Check a job spec and print what is wrong with it.
     Validate { spec: PathBuf },
@@ -111,7 +126,14 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { spec, modules } => {
+        Command::Run {
+            spec,
+            modules,
+            fresh,
+            from_savepoint,
+            parallelism,
+            savepoint_on_signal,
+        } => {
             let env = match job_env(&modules) {
                 Ok(env) => env,
                 Err(e) => {
@@ -119,8 +141,45 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match crate::runtime::run_file(&spec, &env) {
+            let mut spec = match JobSpec::load(&spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(p) = parallelism {
+                spec.parallelism = p;
+            }
+            let restore = match (fresh, from_savepoint) {
+                (true, _) => RestoreFrom::Fresh,
+                (false, Some(p)) => RestoreFrom::Savepoint(p),
+                (false, None) => RestoreFrom::Latest,
+            };
+            let outcome =
+                crate::runtime::start(&spec, &env, StartOptions { restore }).and_then(|handle| {
+                    if let Some(dir) = savepoint_on_signal {
+                        stop_on_signal(&handle, dir);
+                    }
+                    handle.wait()
+                });
+            match outcome {
                 Ok(report) => {
+                    if let Some(from) = &report.restored_from {
+                        eprintln!("resumed from {}", from.display());
+                    }
+                    if report.restarts > 0 {
+                        eprintln!("restarted {} time(s) after failures", report.restarts);
+                    }
+                    if report.checkpoints.completed > 0 {
+                        eprintln!(
+                            "checkpoints: {} complete, {} aborted",
+                            report.checkpoints.completed, report.checkpoints.aborted
+                        );
+                    }
+                    if let Some(savepoint) = &report.stopped_with_savepoint {
+                        eprintln!("stopped with savepoint {}", savepoint.display());
+                    }
                     eprintln!(
                         "job finished: {} records in, {} out, {:.3}s, p99 latency {:.2} ms{}",
                         report.records_in,
@@ -184,6 +243,47 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Turns the first SIGINT or SIGTERM into a stop-with-savepoint.
+fn stop_on_signal(handle: &JobHandle, dir: PathBuf) {
+    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = signalled.clone();
+    let waiter = std::thread::Builder::new()
+        .name("weir-signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(mut term) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+        });
+    if waiter.is_err() {
+        return;
+    }
+    while !handle.is_finished() {
+        if signalled.load(std::sync::atomic::Ordering::SeqCst) {
+            match handle.stop_with_savepoint(&dir) {
+                Ok(path) => eprintln!("savepoint written: {}", path.display()),
+                Err(e) => eprintln!("error: stop-with-savepoint failed: {e}"),
+            }
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -7,12 +7,15 @@
 //! the key is empty and the event time is the line number.
 //! A line that is not JSON, or lacks a named field, fails the job with the
 //! file, line number and problem.
+//!
+//! The file is one split; its position is the byte offset after the last
+//! line read, and the line count.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::{ConnectorError, Poll, Source};
+use super::{ConnectorError, Poll, Source, SourceAssignment, SplitPosition};
 use crate::graph::spec::FileFormat;
 use crate::runtime::batch::RecordBatch;
 
@@ -23,7 +26,10 @@ pub struct FileSource {
     key_field: Option<String>,
     timestamp_field: Option<String>,
     line_number: u64,
+    offset: u64,
     line: String,
+    /// False for an instance that was dealt no split on a restore.
+    has_split: bool,
 }
 
 impl FileSource {
@@ -32,19 +38,41 @@ impl FileSource {
         format: FileFormat,
         key_field: Option<String>,
         timestamp_field: Option<String>,
+        assignment: &SourceAssignment,
     ) -> Result<Self, ConnectorError> {
-        let file = File::open(path).map_err(|source| ConnectorError::Io {
+        let io = |source| ConnectorError::Io {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let mut file = File::open(path).map_err(io)?;
+        let (has_split, offset, line_number) = match &assignment.restored {
+            None => (assignment.instance == 0, 0, 0),
+            Some(r) => match r.positions.iter().find(|p| p.split == 0) {
+                Some(p) => (true, p.offset, p.line),
+                None => (false, 0, 0),
+            },
+        };
+        if offset > 0 {
+            let len = file.metadata().map_err(io)?.len();
+            if offset > len {
+                return Err(ConnectorError::Resume(format!(
+                    "{}: the checkpoint's position is byte {offset}, but the file has only {len} \
+                     bytes (was it replaced?)",
+                    path.display()
+                )));
+            }
+            file.seek(SeekFrom::Start(offset)).map_err(io)?;
+        }
         Ok(FileSource {
             path: path.to_owned(),
             reader: BufReader::with_capacity(1 << 16, file),
             format,
             key_field,
             timestamp_field,
-            line_number: 0,
+            line_number,
+            offset,
             line: String::new(),
+            has_split,
         })
     }
 
@@ -89,7 +117,22 @@ impl FileSource {
 }
 
 impl Source for FileSource {
+    fn positions(&self) -> Option<Vec<SplitPosition>> {
+        Some(if self.has_split {
+            vec![SplitPosition {
+                split: 0,
+                offset: self.offset,
+                line: self.line_number,
+            }]
+        } else {
+            Vec::new()
+        })
+    }
+
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
+        if !self.has_split {
+            return Ok(Poll::End);
+        }
         for _ in 0..max {
             self.line.clear();
             let n = self
@@ -102,6 +145,7 @@ impl Source for FileSource {
             if n == 0 {
                 return Ok(Poll::End);
             }
+            self.offset += n as u64;
             self.line_number += 1;
             let text = self.line.trim_end_matches(['\n', '\r']);
             match self.format {

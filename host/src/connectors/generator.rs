@@ -1,21 +1,28 @@
 //! The generator source, identical in definition to the benchmark generator
 //! of the Flink comparison job: event `i` of `0..events` has key
-//! `i % keys`, event time `i / events_per_ms` ms and value `i`; instance `k`
-//! of `p` emits `i = k, k + p, k + 2p, ...`, so instances' event times stay
-//! aligned.
+//! `i % keys`, event time `i / events_per_ms` ms and value `i`. The events
+//! form `S` splits, `S` the parallelism the job first ran at: split `s` is
+//! `i = s, s + S, s + 2S, ...`. An instance reads its splits in turn, one
+//! event from each, so instances' event times stay aligned; a split's
+//! position is the next `i` it will emit.
 
-use super::{ConnectorError, Poll, Source};
+use super::{ConnectorError, Poll, Source, SourceAssignment, SplitPosition};
 use crate::graph::spec::GeneratorFormat;
 use crate::runtime::batch::RecordBatch;
 
 pub struct Generator {
-    next: u64,
+    /// (split, next event) of the splits not yet exhausted, in split order.
+    splits: Vec<(u32, u64)>,
+    /// Splits of the whole source, the stride of each split's sequence.
+    step: u64,
+    cursor: usize,
     events: u64,
     keys: u64,
     events_per_ms: u64,
-    step: u64,
     format: GeneratorFormat,
     text: String,
+    /// Events per second at most, and the pacing clock.
+    rate: Option<(u64, std::time::Instant, u64)>,
 }
 
 impl Generator {
@@ -24,30 +31,93 @@ impl Generator {
         keys: u64,
         events_per_ms: u64,
         format: GeneratorFormat,
-        instance: u32,
-        parallelism: u32,
+        assignment: &SourceAssignment,
     ) -> Self {
+        let (mut splits, step) = match &assignment.restored {
+            None => (
+                vec![(assignment.instance, u64::from(assignment.instance))],
+                u64::from(assignment.parallelism),
+            ),
+            Some(restored) => (
+                restored
+                    .positions
+                    .iter()
+                    .map(|p| (p.split, p.offset))
+                    .collect(),
+                u64::from(restored.split_count.max(1)),
+            ),
+        };
+        splits.sort_unstable();
+        splits.retain(|&(_, next)| next < events);
         Generator {
-            next: u64::from(instance),
+            splits,
+            step,
+            cursor: 0,
             events,
             keys,
             events_per_ms,
-            step: u64::from(parallelism),
             format,
             text: String::new(),
+            rate: None,
         }
+    }
+
+    /// Paces the generator to at most `rate` events per second.
+    pub fn with_rate(mut self, rate: Option<u64>) -> Self {
+        self.rate = rate.map(|r| (r.max(1), std::time::Instant::now(), 0));
+        self
+    }
+
+    /// Sleeps until `max` more events are due; returns how many may go now.
+    fn pace(&mut self, max: usize) -> usize {
+        let Some((rate, since, sent)) = &mut self.rate else {
+            return max;
+        };
+        let due = (since.elapsed().as_secs_f64() * *rate as f64) as u64;
+        if due <= *sent {
+            // Come back when the next event is due, but stay responsive.
+            let wait = std::time::Duration::from_secs_f64(1.0 / *rate as f64);
+            std::thread::sleep(wait.min(std::time::Duration::from_millis(5)));
+            return 0;
+        }
+        let n = ((due - *sent) as usize).min(max);
+        *sent += n as u64;
+        n
     }
 }
 
 impl Source for Generator {
+    fn positions(&self) -> Option<Vec<SplitPosition>> {
+        Some(
+            self.splits
+                .iter()
+                .map(|&(split, next)| SplitPosition {
+                    split,
+                    offset: next,
+                    line: 0,
+                })
+                .collect(),
+        )
+    }
+
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
         use std::fmt::Write;
+        let max = self.pace(max);
         for _ in 0..max {
-            if self.next >= self.events {
+            if self.splits.is_empty() {
                 return Ok(Poll::End);
             }
-            let i = self.next;
-            self.next += self.step;
+            if self.cursor >= self.splits.len() {
+                self.cursor = 0;
+            }
+            let (_, next) = &mut self.splits[self.cursor];
+            let i = *next;
+            *next += self.step;
+            if *next >= self.events {
+                self.splits.remove(self.cursor);
+            } else {
+                self.cursor += 1;
+            }
             let key = i % self.keys;
             let ts = (i / self.events_per_ms) as i64;
             match self.format {
@@ -62,7 +132,7 @@ impl Source for Generator {
                 }
             }
         }
-        Ok(if self.next >= self.events {
+        Ok(if self.splits.is_empty() {
             Poll::End
         } else {
             Poll::More
@@ -73,12 +143,19 @@ impl Source for Generator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connectors::RestoredSplits;
 
     #[test]
     fn instances_interleave_and_cover_every_event_once() {
         let mut seen = Vec::new();
         for k in 0..3 {
-            let mut g = Generator::new(10, 4, 2, GeneratorFormat::Text, k, 3);
+            let mut g = Generator::new(
+                10,
+                4,
+                2,
+                GeneratorFormat::Text,
+                &SourceAssignment::fresh(k, 3),
+            );
             let mut b = RecordBatch::new();
             while g.poll(&mut b, 2).unwrap() == Poll::More {}
             for r in b.iter() {
@@ -91,5 +168,52 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    }
+
+    fn values(g: &mut Generator, max: usize) -> Vec<u64> {
+        let mut b = RecordBatch::new();
+        g.poll(&mut b, max).unwrap();
+        b.iter()
+            .map(|r| std::str::from_utf8(r.value).unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn resumes_from_positions_at_another_parallelism() {
+        // Two instances take 3 events each, then the job resumes at 1 and 3.
+        let mut positions = Vec::new();
+        for k in 0..2 {
+            let mut g = Generator::new(
+                20,
+                4,
+                1,
+                GeneratorFormat::Text,
+                &SourceAssignment::fresh(k, 2),
+            );
+            values(&mut g, 3);
+            positions.extend(g.positions().unwrap());
+        }
+        for p in [1u32, 3] {
+            let mut rest = Vec::new();
+            for k in 0..p {
+                let mine = positions
+                    .iter()
+                    .filter(|s| s.split % p == k)
+                    .cloned()
+                    .collect();
+                let assignment = SourceAssignment {
+                    instance: k,
+                    parallelism: p,
+                    restored: Some(RestoredSplits {
+                        split_count: 2,
+                        positions: mine,
+                    }),
+                };
+                let mut g = Generator::new(20, 4, 1, GeneratorFormat::Text, &assignment);
+                rest.extend(values(&mut g, 100));
+            }
+            rest.sort();
+            assert_eq!(rest, (6..20).collect::<Vec<_>>(), "resumed at {p}");
+        }
     }
 }

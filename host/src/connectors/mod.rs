@@ -4,6 +4,12 @@
 //! instance receives every batch that reaches the end of its task's chain.
 //! Sources report bad input as [`ConnectorError::BadRecord`] naming the file,
 //! line and problem; nothing is skipped silently.
+//!
+//! A source is made of *splits* (a generator's interleaved sequences, a
+//! file, later a Kafka partition), the unit of position in checkpoints. The
+//! number of splits is fixed when a job first starts; a job resumed at
+//! another parallelism deals the same splits out anew (split `s` to instance
+//! `s % parallelism`), each from its saved position.
 
 pub mod file;
 pub mod generator;
@@ -14,7 +20,7 @@ use std::path::PathBuf;
 use crate::graph::spec::SourceSpec;
 use crate::runtime::batch::RecordBatch;
 
-pub use sinks::{Sink, SinkFactory, SinkTotals};
+pub use sinks::{Sink, SinkFactory, SinkMode, SinkTotals, commit_part, recover_directory};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
@@ -31,6 +37,49 @@ pub enum ConnectorError {
     },
     #[error("the spec's source is `embedded`, but the program running the job supplied none")]
     NoEmbeddedSource,
+    #[error("the source cannot resume: {0}")]
+    Resume(String),
+}
+
+/// Where a split is: enough to continue reading it exactly after the last
+/// record taken into a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SplitPosition {
+    pub split: u32,
+    /// The split's own notion of offset (a record index, a byte offset, a
+    /// Kafka offset).
+    pub offset: u64,
+    /// Records (lines) taken so far, where the split counts them.
+    #[serde(default)]
+    pub line: u64,
+}
+
+/// Which splits one source instance reads.
+#[derive(Clone, Debug)]
+pub struct SourceAssignment {
+    pub instance: u32,
+    pub parallelism: u32,
+    /// `None` on a fresh start.
+    pub restored: Option<RestoredSplits>,
+}
+
+/// The splits dealt to an instance of a resumed source.
+#[derive(Clone, Debug)]
+pub struct RestoredSplits {
+    /// Splits of the whole source (fixed when the job first started).
+    pub split_count: u32,
+    /// This instance's splits (possibly none).
+    pub positions: Vec<SplitPosition>,
+}
+
+impl SourceAssignment {
+    pub fn fresh(instance: u32, parallelism: u32) -> Self {
+        SourceAssignment {
+            instance,
+            parallelism,
+            restored: None,
+        }
+    }
 }
 
 /// Whether a source has more to give.
@@ -43,28 +92,30 @@ pub enum Poll {
 pub trait Source: Send {
     /// Appends up to `max` records to `out`.
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError>;
+
+    /// The position of each split this instance reads, after the last record
+    /// returned by `poll`; `None` when the source cannot be checkpointed.
+    fn positions(&self) -> Option<Vec<SplitPosition>> {
+        None
+    }
 }
 
-/// The source instance `instance` of `parallelism`.
+/// The source instance of `assignment`.
 pub fn build_source(
     spec: &SourceSpec,
-    instance: u32,
-    parallelism: u32,
+    assignment: &SourceAssignment,
 ) -> Result<Box<dyn Source>, ConnectorError> {
     Ok(match spec {
-        SourceSpec::Generator(g) => Box::new(generator::Generator::new(
-            g.events,
-            g.keys,
-            g.events_per_ms,
-            g.format,
-            instance,
-            parallelism,
-        )),
+        SourceSpec::Generator(g) => Box::new(
+            generator::Generator::new(g.events, g.keys, g.events_per_ms, g.format, assignment)
+                .with_rate(g.rate),
+        ),
         SourceSpec::File(f) => Box::new(file::FileSource::open(
             &f.path,
             f.format,
             f.key_field.clone(),
             f.timestamp_field.clone(),
+            assignment,
         )?),
         SourceSpec::Embedded(_) => return Err(ConnectorError::NoEmbeddedSource),
     })

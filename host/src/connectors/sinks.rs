@@ -1,15 +1,26 @@
-//! Sinks: stdout, a file, or nothing (counting only).
+//! Sinks: stdout, a file, a folder of part files, or nothing (counting only).
 //!
 //! Lines are JSON objects `{"key":..,"value":..,"timestamp":..}`. Keys and
 //! values render by [`BytesFormat`]: text (a value that is itself JSON is
 //! embedded as JSON), a little-endian u64 as a number, or hex. All instances
 //! of a file sink append whole batches to one file under a lock, so lines
 //! never interleave mid-line.
+//!
+//! Delivery: `stdout` and `file` are at least once across a recovery (a
+//! resumed `file` sink appends, and records after the checkpoint are written
+//! again). `directory` is exactly once, by two-phase commit: each instance
+//! writes a hidden in-progress part file (`.part-*.inprogress`); at a
+//! checkpoint barrier it closes it, fsyncs it and hands its path to the
+//! checkpoint (pre-commit); only when that checkpoint is complete is it
+//! renamed to its final name (commit), by [`commit_part`]. Restoring a
+//! checkpoint commits the parts it lists and deletes every other in-progress
+//! part ([`recover_directory`]), so output is exactly what the checkpoint
+//! covers. Without checkpoints, parts are committed when the job ends.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::ConnectorError;
@@ -18,9 +29,76 @@ use crate::runtime::batch::RecordBatch;
 
 pub trait Sink: Send {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError>;
+
+    /// At checkpoint `checkpoint`'s barrier: makes everything written so far
+    /// durable and returns what that checkpoint must commit when it
+    /// completes (every pre-committed part not yet known to be committed).
+    /// Sinks without transactions flush and return nothing.
+    fn prepare_commit(&mut self, checkpoint: u64) -> Result<Vec<PathBuf>, ConnectorError>;
+
+    /// The input ended, or the job stopped: flush.
     fn close(&mut self) -> Result<(), ConnectorError> {
         Ok(())
     }
+}
+
+/// Commits a pre-committed part: renames `.part-X.inprogress` to `part-X`.
+/// Idempotent: a part already committed is left alone.
+pub fn commit_part(in_progress: &Path) -> Result<(), ConnectorError> {
+    let committed = committed_name(in_progress).ok_or_else(|| {
+        ConnectorError::Resume(format!(
+            "{} is not an in-progress part file name",
+            in_progress.display()
+        ))
+    })?;
+    match std::fs::rename(in_progress, &committed) {
+        Ok(()) => Ok(()),
+        Err(_) if committed.is_file() => Ok(()),
+        Err(source) => Err(ConnectorError::Resume(format!(
+            "part file {} of a complete checkpoint is missing, so its records are lost: {source}",
+            in_progress.display()
+        ))),
+    }
+}
+
+fn committed_name(in_progress: &Path) -> Option<PathBuf> {
+    let name = in_progress.file_name()?.to_str()?;
+    let base = name.strip_prefix('.')?.strip_suffix(".inprogress")?;
+    Some(in_progress.with_file_name(base))
+}
+
+/// Brings a directory sink's folder to the state of a restored checkpoint:
+/// commits the parts it lists, deletes every other in-progress part (written
+/// after it, by a run that failed).
+pub fn recover_directory(dir: &Path, keep: &[PathBuf]) -> Result<(), ConnectorError> {
+    for part in keep.iter().filter(|p| p.parent() == Some(dir)) {
+        commit_part(part)?;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(io_error(dir, source)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|source| io_error(dir, source))?.path();
+        let stale = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".part-") && n.ends_with(".inprogress"));
+        if stale {
+            std::fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
+        }
+    }
+    Ok(())
+}
+
+/// How the sinks of one run of a job behave.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkMode {
+    /// Checkpoints commit directory parts (else the end of the job does).
+    pub transactional: bool,
+    /// The run resumes from a checkpoint: a file sink appends.
+    pub resuming: bool,
 }
 
 /// Records that reached a sink, and the sum of their values read as
@@ -38,6 +116,12 @@ enum Target {
         path: PathBuf,
         writer: Mutex<BufWriter<File>>,
     },
+    Directory {
+        dir: PathBuf,
+        /// Distinguishes this run's part names from every other run's.
+        run: String,
+        transactional: bool,
+    },
     Discard,
 }
 
@@ -46,12 +130,30 @@ pub struct SinkFactory {
     target: Arc<Target>,
     format: SinkFormat,
     pub totals: Arc<SinkTotals>,
+    instances: AtomicU32,
+    /// The newest checkpoint known complete: parts it covered are committed.
+    committed: Arc<AtomicU64>,
 }
 
 impl SinkFactory {
-    pub fn new(spec: &SinkSpec) -> Result<Self, ConnectorError> {
+    pub fn new(spec: &SinkSpec, mode: SinkMode) -> Result<Self, ConnectorError> {
         let (target, format) = match spec {
             SinkSpec::Stdout { format } => (Target::Stdout, *format),
+            SinkSpec::Directory { path, format } => {
+                std::fs::create_dir_all(path).map_err(|source| io_error(path, source))?;
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                (
+                    Target::Directory {
+                        dir: path.clone(),
+                        run: format!("{:x}", nanos & ((1u128 << 64) - 1)),
+                        transactional: mode.transactional,
+                    },
+                    *format,
+                )
+            }
             SinkSpec::File { path, format } => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|source| ConnectorError::Io {
@@ -59,7 +161,15 @@ impl SinkFactory {
                         source,
                     })?;
                 }
-                let file = File::create(path).map_err(|source| ConnectorError::Io {
+                let file = if mode.resuming {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                } else {
+                    File::create(path)
+                }
+                .map_err(|source| ConnectorError::Io {
                     path: path.clone(),
                     source,
                 })?;
@@ -77,7 +187,22 @@ impl SinkFactory {
             target: Arc::new(target),
             format,
             totals: Arc::new(SinkTotals::default()),
+            instances: AtomicU32::new(0),
+            committed: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The folder of a directory sink.
+    pub fn directory(&self) -> Option<&Path> {
+        match &*self.target {
+            Target::Directory { dir, .. } => Some(dir),
+            _ => None,
+        }
+    }
+
+    /// Checkpoint `id` is complete and its parts are committed.
+    pub fn mark_committed(&self, id: u64) {
+        self.committed.fetch_max(id, Ordering::Relaxed);
     }
 
     pub fn instance(&self) -> Box<dyn Sink> {
@@ -86,6 +211,11 @@ impl SinkFactory {
             format: self.format,
             totals: self.totals.clone(),
             lines: Vec::new(),
+            number: self.instances.fetch_add(1, Ordering::Relaxed),
+            part: None,
+            parts_started: 0,
+            pending: Vec::new(),
+            committed: self.committed.clone(),
         })
     }
 }
@@ -95,6 +225,47 @@ struct SinkInstance {
     format: SinkFormat,
     totals: Arc<SinkTotals>,
     lines: Vec<u8>,
+    /// Directory sinks: this instance's number among the sink's instances.
+    number: u32,
+    /// The open in-progress part.
+    part: Option<(PathBuf, BufWriter<File>)>,
+    parts_started: u64,
+    /// Pre-committed parts and the checkpoint that pre-committed them.
+    pending: Vec<(u64, PathBuf)>,
+    committed: Arc<AtomicU64>,
+}
+
+impl SinkInstance {
+    fn write_part(&mut self) -> Result<(), ConnectorError> {
+        let Target::Directory { dir, run, .. } = &*self.target else {
+            unreachable!("only directory sinks have parts")
+        };
+        if self.part.is_none() {
+            let path = dir.join(format!(
+                ".part-{run}-{:03}-{:05}.jsonl.inprogress",
+                self.number, self.parts_started
+            ));
+            self.parts_started += 1;
+            let file = File::create(&path).map_err(|source| io_error(&path, source))?;
+            self.part = Some((path, BufWriter::with_capacity(1 << 16, file)));
+        }
+        let (path, writer) = self.part.as_mut().expect("opened above");
+        writer
+            .write_all(&self.lines)
+            .map_err(|source| io_error(path, source))
+    }
+
+    /// Closes the open part, durably; returns its path.
+    fn close_part(&mut self) -> Result<Option<PathBuf>, ConnectorError> {
+        let Some((path, writer)) = self.part.take() else {
+            return Ok(None);
+        };
+        let file = writer
+            .into_inner()
+            .map_err(|e| io_error(&path, e.into_error()))?;
+        file.sync_all().map_err(|source| io_error(&path, source))?;
+        Ok(Some(path))
+    }
 }
 
 impl Sink for SinkInstance {
@@ -137,11 +308,37 @@ impl Sink for SinkInstance {
                 .expect("sink lock")
                 .write_all(&self.lines)
                 .map_err(|source| io_error(path, source)),
+            Target::Directory { .. } => self.write_part(),
             Target::Discard => Ok(()),
         }
     }
 
+    fn prepare_commit(&mut self, checkpoint: u64) -> Result<Vec<PathBuf>, ConnectorError> {
+        match *self.target {
+            Target::Directory { .. } => {
+                let committed = self.committed.load(Ordering::Relaxed);
+                self.pending.retain(|(id, _)| *id > committed);
+                if let Some(part) = self.close_part()? {
+                    self.pending.push((checkpoint, part));
+                }
+                Ok(self.pending.iter().map(|(_, p)| p.clone()).collect())
+            }
+            _ => {
+                self.close()?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
     fn close(&mut self) -> Result<(), ConnectorError> {
+        if let Target::Directory { transactional, .. } = *self.target {
+            // Under checkpoints, the task's final pre-commit closed the part
+            // and the job's final checkpoint commits it.
+            if !transactional && let Some(part) = self.close_part()? {
+                commit_part(&part)?;
+            }
+            return Ok(());
+        }
         match &*self.target {
             Target::File { path, writer } => writer
                 .lock()
@@ -151,7 +348,7 @@ impl Sink for SinkInstance {
             Target::Stdout => std::io::stdout()
                 .flush()
                 .map_err(|source| io_error(Path::new("<stdout>"), source)),
-            Target::Discard => Ok(()),
+            Target::Directory { .. } | Target::Discard => Ok(()),
         }
     }
 }

@@ -50,6 +50,104 @@ pub struct JobSpec {
     pub source: SourceSpec,
     pub operators: Vec<OperatorSpec>,
     pub sink: SinkSpec,
+    /// Periodic checkpoints; none when absent.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointSpec>,
+    /// What happens when a task fails. Default: with checkpoints, restart
+    /// up to 3 times 1 s apart; without, fail the job.
+    #[serde(default)]
+    pub restart: Option<RestartSpec>,
+}
+
+/// `checkpoint: {interval: 1s, dir: ./weir-data/checkpoints, retain: 3, timeout: 10m}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// Where checkpoints go: a folder, or `s3://bucket/prefix`. Each job
+    /// writes below `<dir>/<job name>/`.
+    #[serde(default = "default_checkpoint_dir")]
+    pub dir: PathBuf,
+    /// Complete checkpoints kept; older ones are deleted.
+    #[serde(default = "default_retain")]
+    pub retain: usize,
+    /// A checkpoint not complete after this long is aborted.
+    #[serde(default = "default_checkpoint_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_checkpoint_dir() -> PathBuf {
+    PathBuf::from("weir-data/checkpoints")
+}
+
+fn default_retain() -> usize {
+    3
+}
+
+fn default_checkpoint_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// `restart: {strategy: fixed-delay, attempts: 3, delay: 1s}`, or
+/// `{strategy: exponential-delay, attempts: 10, delay: 1s, max_delay: 1m}`,
+/// or `{strategy: none}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    pub strategy: RestartStrategy,
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    #[serde(default = "default_restart_delay", deserialize_with = "duration")]
+    pub delay: Duration,
+    #[serde(default = "default_max_delay", deserialize_with = "duration")]
+    pub max_delay: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartStrategy {
+    None,
+    FixedDelay,
+    ExponentialDelay,
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+fn default_restart_delay() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_max_delay() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl RestartSpec {
+    pub fn none() -> Self {
+        RestartSpec {
+            strategy: RestartStrategy::None,
+            attempts: 0,
+            delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        }
+    }
+
+    /// The pause before restart number `attempt` (1-based), or `None` when
+    /// no more restarts are allowed.
+    pub fn delay_before(&self, attempt: u32) -> Option<Duration> {
+        if self.strategy == RestartStrategy::None || attempt > self.attempts {
+            return None;
+        }
+        Some(match self.strategy {
+            RestartStrategy::ExponentialDelay => self
+                .delay
+                .saturating_mul(1u32 << (attempt - 1).min(20))
+                .min(self.max_delay),
+            _ => self.delay,
+        })
+    }
 }
 
 fn one() -> u32 {
@@ -127,6 +225,9 @@ pub struct GeneratorSource {
     pub events_per_ms: u64,
     #[serde(default)]
     pub format: GeneratorFormat,
+    /// Events per second per instance, at most (none: as fast as possible).
+    #[serde(default)]
+    pub rate: Option<u64>,
     pub parallelism: Option<u32>,
     #[serde(default)]
     pub watermark: WatermarkSpec,
@@ -400,6 +501,11 @@ pub enum SinkSpec {
         path: PathBuf,
         format: SinkFormat,
     },
+    /// Part files in a folder, committed by checkpoints: exactly once.
+    Directory {
+        path: PathBuf,
+        format: SinkFormat,
+    },
     /// Counts records and drops them (benchmarks).
     Discard,
 }
@@ -434,9 +540,13 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 path: s.path,
                 format: s.format,
             }),
+            "directory" => tagged_body(body).map(|s: FileSink| SinkSpec::Directory {
+                path: s.path,
+                format: s.format,
+            }),
             "discard" => tagged_body(body).map(|_: DiscardSink| SinkSpec::Discard),
             other => Err(serde::de::Error::custom(format!(
-                "unknown sink type `{other}`, expected `stdout`, `file` or `discard`"
+                "unknown sink type `{other}`, expected `stdout`, `file`, `directory` or `discard`"
             ))),
         }
     }
@@ -550,9 +660,12 @@ impl JobSpec {
                 .flat_map(|o| o.side_outputs.values_mut()),
         );
         for sink in sinks {
-            if let SinkSpec::File { path, .. } = sink {
+            if let SinkSpec::File { path, .. } | SinkSpec::Directory { path, .. } = sink {
                 resolve(path);
             }
+        }
+        if let Some(c) = &mut self.checkpoint {
+            resolve(&mut c.dir);
         }
         for op in &mut self.operators {
             if let Some(m) = &mut op.module
@@ -573,10 +686,29 @@ impl JobSpec {
         if self.batch.size == 0 || self.batch.size > 1 << 20 {
             return Err(invalid("batch.size", "must be between 1 and 1048576"));
         }
+        if let Some(c) = &self.checkpoint {
+            if c.interval < Duration::from_millis(10) {
+                return Err(invalid("checkpoint.interval", "must be at least 10ms"));
+            }
+            if c.retain == 0 {
+                return Err(invalid("checkpoint.retain", "must be at least 1"));
+            }
+            if c.timeout.is_zero() {
+                return Err(invalid("checkpoint.timeout", "must be more than 0"));
+            }
+        }
+        if let Some(r) = &self.restart
+            && r.strategy != RestartStrategy::None
+            && r.delay > r.max_delay
+            && r.strategy == RestartStrategy::ExponentialDelay
+        {
+            return Err(invalid("restart.max_delay", "must be at least `delay`"));
+        }
         match &self.source {
             SourceSpec::Generator(GeneratorSource {
                 keys,
                 events_per_ms,
+                rate,
                 parallelism,
                 ..
             }) => {
@@ -585,6 +717,12 @@ impl JobSpec {
                 }
                 if *events_per_ms == 0 {
                     return Err(invalid("source.events_per_ms", "must be at least 1"));
+                }
+                if rate.is_some_and(|r| r == 0) {
+                    return Err(invalid(
+                        "source.rate",
+                        "must be at least 1 event per second",
+                    ));
                 }
                 if let Some(p) = parallelism {
                     check_parallelism("source.parallelism", *p, self.max_parallelism)?;
@@ -700,6 +838,20 @@ impl JobSpec {
     /// Parallelism of operator `i`.
     pub fn operator_parallelism(&self, i: usize) -> u32 {
         self.operators[i].parallelism.unwrap_or(self.parallelism)
+    }
+
+    /// The restart strategy in force (see [`JobSpec::restart`]).
+    pub fn restart_strategy(&self) -> RestartSpec {
+        match (&self.restart, &self.checkpoint) {
+            (Some(r), _) => r.clone(),
+            (None, Some(_)) => RestartSpec {
+                strategy: RestartStrategy::FixedDelay,
+                attempts: default_attempts(),
+                delay: default_restart_delay(),
+                max_delay: default_max_delay(),
+            },
+            (None, None) => RestartSpec::none(),
+        }
     }
 
     pub fn source_parallelism(&self) -> u32 {

@@ -6,6 +6,7 @@
 use crate::graph::key_group;
 use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
+use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry, restore_entry};
 use crate::state::{StateBackend, StateId, StateKind};
 
 /// Names accepted by a job spec's `native:` field.
@@ -59,6 +60,10 @@ struct Passthrough {
 }
 
 impl Operator for Passthrough {
+    fn restore(&mut self, _: u32, _: SnapshotEntry<'_>) -> Result<(), OperatorError> {
+        Err(OperatorError::unexpected_state(&self.info))
+    }
+
     fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError> {
         for r in input.iter() {
             let v = read_u64(&self.info, r.value)? + 1;
@@ -79,6 +84,19 @@ struct KeyedCount {
 }
 
 impl Operator for KeyedCount {
+    fn snapshot(&mut self, out: &mut KeyedSnapshot) -> Result<(), OperatorError> {
+        out.add_backend(self.backend.as_ref())
+            .map_err(|e| OperatorError::new(&self.info, e))
+    }
+
+    fn restore(&mut self, key_group: u32, entry: SnapshotEntry<'_>) -> Result<(), OperatorError> {
+        match entry {
+            SnapshotEntry::State(e) => restore_entry(self.backend.as_mut(), key_group, e)
+                .map_err(|e| OperatorError::new(&self.info, e)),
+            SnapshotEntry::Timer { .. } => Err(OperatorError::unexpected_state(&self.info)),
+        }
+    }
+
     fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError> {
         for r in input.iter() {
             let group = if r.key_group == NO_KEY_GROUP {

@@ -8,27 +8,45 @@
 //! independent of other tasks. The number of tasks is the sum of the task
 //! groups' parallelisms, bounded by the spec's max parallelism.
 //!
-//! Failure: when a task fails, its channels close, its neighbours stop with
-//! `PeerStopped`, and the job reports the first failure that is not
-//! `PeerStopped`: the cause, not its echoes.
+//! Failure: when a task fails, the run is cancelled (its channels close,
+//! its neighbours stop with `PeerStopped`), and the run's error is the first
+//! failure that is not `PeerStopped`: the cause, not its echoes. The job's
+//! restart strategy then decides: wait and run again from the latest
+//! complete checkpoint (or the savepoint it started from, or the start), or
+//! fail the job with that error.
+//!
+//! A job is started with [`start`], which returns a [`JobHandle`] to take
+//! savepoints, stop with a savepoint, cancel, or wait for the end; [`run`]
+//! starts and waits. One thread per job (the runner) runs the attempts and
+//! the checkpoint coordinator; a writer thread stores snapshots.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::connectors::{ConnectorError, SinkFactory, Source, build_source};
+use crate::checkpoint::coordinator::{
+    CheckpointCounts, Coordinator, CoordinatorConfig, Written, spawn_writer,
+};
+use crate::checkpoint::manifest::ModuleVersion;
+use crate::checkpoint::{CheckpointError, CheckpointStore, LoadedCheckpoint};
+use crate::connectors::{
+    ConnectorError, SinkFactory, SinkMode, Source, SourceAssignment, build_source,
+    recover_directory,
+};
 use crate::graph::spec::{JobSpec, SourceSpec, StateBackendKind, WindowSpec};
 use crate::graph::{TaskGroup, key_group_range, plan};
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{InstanceInfo, Operator, OperatorError};
 use crate::runtime::router::{Envelope, Router};
-use crate::runtime::task::{Head, SharedCounters, SourceTime, Tail, Task, TaskError, TaskStats};
+use crate::runtime::task::{
+    FinalSnapshot, Head, SharedCounters, SourceTime, Tail, Task, TaskError, TaskLink, TaskStats,
+};
 use crate::state::MemoryBackend;
-use crate::time::InputWatermarks;
+use crate::time::{BoundedOutOfOrderness, InputWatermarks};
 use crate::wasm::{ModuleError, WasmModule, WasmRuntime};
 use crate::window::WindowOperator;
 
@@ -58,6 +76,10 @@ pub enum JobError {
     Unsupported(StateBackendKind),
     #[error("job `{job}`: {message}")]
     Internal { job: String, message: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("job `{0}` was cancelled")]
+    Cancelled(String),
 }
 
 impl From<TaskError> for JobError {
@@ -69,13 +91,16 @@ impl From<TaskError> for JobError {
                 job: String::new(),
                 message: format!("task {task} stopped because a connected task stopped"),
             },
+            TaskError::Internal { task, message } => JobError::Internal {
+                job: String::new(),
+                message: format!("task {task}: {message}"),
+            },
         }
     }
 }
 
-/// Builds source instance `instance` of `parallelism` for a spec whose
-/// source is `embedded`.
-pub type EmbeddedSource = Arc<dyn Fn(u32, u32) -> Box<dyn Source> + Send + Sync>;
+/// Builds a source instance for a spec whose source is `embedded`.
+pub type EmbeddedSource = Arc<dyn Fn(&SourceAssignment) -> Box<dyn Source> + Send + Sync>;
 
 /// What a job runs with: the Wasm runtime and where module names are looked up.
 #[derive(Clone)]
@@ -117,6 +142,13 @@ pub struct JobReport {
     /// Time tasks spent blocked on full channels, summed.
     pub blocked: Duration,
     pub latency: Arc<LatencyHistogram>,
+    /// The checkpoint or savepoint the last run started from.
+    pub restored_from: Option<PathBuf>,
+    /// Runs after a failure.
+    pub restarts: u32,
+    pub checkpoints: CheckpointCounts,
+    /// Set when the job stopped with a savepoint rather than finishing.
+    pub stopped_with_savepoint: Option<PathBuf>,
 }
 
 /// Finds a module by path (`*.wasm`) or by name in the module folders;
@@ -180,7 +212,7 @@ fn build_operator(
     instance: u32,
     max_parallelism: u32,
     shared: &SharedCounters,
-) -> Result<Box<dyn Operator>, OperatorError> {
+) -> Result<(Box<dyn Operator>, InstanceInfo), OperatorError> {
     let key_groups = if plan.keyed {
         key_group_range(instance, max_parallelism, plan.parallelism)
     } else {
@@ -196,33 +228,140 @@ fn build_operator(
         keyed: plan.keyed,
     };
     let backend = Box::new(MemoryBackend::new(key_groups));
-    match &plan.kind {
+    let op: Box<dyn Operator> = match &plan.kind {
         OperatorKind::Wasm { module, config } => {
             let guest = wasm.instantiate(module, info.clone(), backend, config)?;
             match &plan.window {
-                Some(window) => Ok(Box::new(WindowOperator::new(
+                Some(window) => Box::new(WindowOperator::new(
                     guest,
-                    info,
+                    info.clone(),
                     window,
                     shared.late_records.clone(),
-                )?)),
-                None => Ok(Box::new(guest)),
+                )?),
+                None => Box::new(guest),
             }
         }
-        OperatorKind::Native(name) => crate::operators::build(name, info, backend),
+        OperatorKind::Native(name) => crate::operators::build(name, info.clone(), backend)?,
+    };
+    Ok((op, info))
+}
+
+/// Where a started job takes its state from.
+#[derive(Clone, Debug, Default)]
+pub enum RestoreFrom {
+    /// The job's latest complete checkpoint, if it has one; else the start.
+    /// This is how a job resumes after its process was killed.
+    #[default]
+    Latest,
+    /// The start, ignoring existing checkpoints.
+    Fresh,
+    /// A savepoint or checkpoint folder (possibly taken at another
+    /// parallelism, or with older module versions).
+    Savepoint(PathBuf),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    pub restore: RestoreFrom,
+}
+
+enum JobCommand {
+    Savepoint {
+        target: PathBuf,
+        stop: bool,
+        reply: Sender<Result<PathBuf, CheckpointError>>,
+    },
+    Cancel,
+}
+
+/// A job running in this process.
+pub struct JobHandle {
+    pub name: String,
+    commands: Sender<JobCommand>,
+    records: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<Result<JobReport, JobError>>,
+}
+
+impl JobHandle {
+    fn savepoint_request(&self, target: &Path, stop: bool) -> Result<PathBuf, CheckpointError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(JobCommand::Savepoint {
+                target: target.to_owned(),
+                stop,
+                reply,
+            })
+            .map_err(|_| CheckpointError::NotRunning)?;
+        answer.recv().map_err(|_| CheckpointError::NotRunning)?
+    }
+
+    /// Takes a savepoint below `target`; returns its folder once complete.
+    pub fn savepoint(&self, target: &Path) -> Result<PathBuf, CheckpointError> {
+        self.savepoint_request(target, false)
+    }
+
+    /// Takes a final savepoint, after which the sources stop and the job
+    /// ends (without firing the remaining windows: resuming will).
+    pub fn stop_with_savepoint(&self, target: &Path) -> Result<PathBuf, CheckpointError> {
+        self.savepoint_request(target, true)
+    }
+
+    pub fn cancel(&self) {
+        let _ = self.commands.send(JobCommand::Cancel);
+    }
+
+    /// Records taken in by the tasks of the current run so far.
+    pub fn records_processed(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    pub fn wait(self) -> Result<JobReport, JobError> {
+        self.thread.join().unwrap_or_else(|panic| {
+            Err(JobError::Internal {
+                job: self.name.clone(),
+                message: format!("the job's runner panicked: {}", panic_message(&panic)),
+            })
+        })
     }
 }
 
-/// Runs a job to completion (all sources exhausted) in this process.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs a job to completion (all sources exhausted) in this process,
+/// resuming from its latest complete checkpoint if it has one.
 pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
+    start(spec, env, StartOptions::default())?.wait()
+}
+
+/// What every run of a job shares: the checked spec, loaded modules.
+struct Prepared {
+    spec: JobSpec,
+    env: JobEnv,
+    operator_plans: Arc<Vec<OperatorPlan>>,
+    modules: Vec<ModuleVersion>,
+    store: Option<CheckpointStore>,
+}
+
+/// Checks the spec and loads the modules (so those errors come back at
+/// once), then runs the job on a runner thread.
+pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobHandle, JobError> {
     spec.validate()?;
     if spec.state != StateBackendKind::Memory {
         return Err(JobError::Unsupported(spec.state));
     }
-    let started = Instant::now();
     let groups = plan(spec);
-
     let mut operator_plans = Vec::new();
+    let mut modules = Vec::new();
     for (i, op) in spec.operators.iter().enumerate() {
         let kind = match (&op.module, &op.native) {
             (Some(module), _) => {
@@ -236,6 +375,11 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
                         })?;
                 tracing::info!(operator = %op.name, module = %module, digest = %&loaded.digest[..12],
                     cache = ?loaded.cache, ms = loaded.compile_time.as_millis() as u64, "module ready");
+                modules.push(ModuleVersion {
+                    operator: op.name.clone(),
+                    module: module.clone(),
+                    digest: loaded.digest.clone(),
+                });
                 let config = op
                     .config
                     .as_ref()
@@ -246,7 +390,14 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
                     config,
                 }
             }
-            (None, Some(native)) => OperatorKind::Native(native.clone()),
+            (None, Some(native)) => {
+                modules.push(ModuleVersion {
+                    operator: op.name.clone(),
+                    module: format!("native:{native}"),
+                    digest: String::new(),
+                });
+                OperatorKind::Native(native.clone())
+            }
             (None, None) => unreachable!("validate() requires module or native"),
         };
         let group = groups
@@ -263,14 +414,204 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
             window: op.window.clone(),
         });
     }
-    let operator_plans = Arc::new(operator_plans);
+    let store = spec
+        .checkpoint
+        .as_ref()
+        .map(|c| CheckpointStore::new(&c.dir, &spec.name));
+    let initial = match (&options.restore, &store) {
+        (RestoreFrom::Savepoint(path), _) => Some(Arc::new(LoadedCheckpoint::load(path)?)),
+        (RestoreFrom::Latest, Some(store)) => {
+            let (latest, _skipped) = store.latest_usable()?;
+            latest.map(Arc::new)
+        }
+        _ => None,
+    };
+    if let Some(c) = &initial {
+        check_compatible(spec, c)?;
+    }
+    let prepared = Prepared {
+        spec: spec.clone(),
+        env: env.clone(),
+        operator_plans: Arc::new(operator_plans),
+        modules,
+        store,
+    };
+    let (commands, command_rx) = crossbeam_channel::unbounded();
+    let records = Arc::new(AtomicU64::new(0));
+    let progress = records.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("weir-job-{}", spec.name))
+        .spawn(move || run_attempts(&prepared, initial, &command_rx, &progress))
+        .map_err(|e| JobError::Internal {
+            job: spec.name.clone(),
+            message: format!("cannot start the job's runner thread: {e}"),
+        })?;
+    Ok(JobHandle {
+        name: spec.name.clone(),
+        commands,
+        records,
+        thread,
+    })
+}
 
-    let main_sink = SinkFactory::new(&spec.sink)?;
-    let mut side_sinks: Vec<BTreeMap<String, SinkFactory>> = Vec::new();
+fn check_compatible(spec: &JobSpec, c: &LoadedCheckpoint) -> Result<(), JobError> {
+    let incompatible = |problem: String| {
+        JobError::Checkpoint(CheckpointError::Incompatible {
+            path: c.dir.clone(),
+            problem,
+        })
+    };
+    if c.manifest.max_parallelism != spec.max_parallelism {
+        return Err(incompatible(format!(
+            "it was taken with max_parallelism {}, the job has {}; key groups cannot be \
+             redistributed across a change of max_parallelism",
+            c.manifest.max_parallelism, spec.max_parallelism
+        )));
+    }
+    let known: Vec<&str> = spec.operators.iter().map(|o| o.name.as_str()).collect();
+    for task in &c.manifest.tasks {
+        if let Some(state) = &task.state {
+            for op in &state.operators {
+                if !known.contains(&op.operator.as_str()) {
+                    return Err(incompatible(format!(
+                        "it holds state of operator `{}`, which the job no longer has",
+                        op.operator
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a run ended without a report.
+enum RunError {
+    /// Before any task ran (sinks, threads): not worth a restart.
+    Setup(JobError),
+    /// A task failed: the restart strategy decides.
+    Failed(JobError),
+    Cancelled,
+}
+
+fn run_attempts(
+    prepared: &Prepared,
+    initial: Option<Arc<LoadedCheckpoint>>,
+    commands: &Receiver<JobCommand>,
+    progress: &Arc<AtomicU64>,
+) -> Result<JobReport, JobError> {
+    let spec = &prepared.spec;
+    let restart = spec.restart_strategy();
+    // Checkpoints of this job from before this start (an older run of the
+    // same name) are not fallbacks when it started fresh or from a savepoint.
+    let first_own = match &prepared.store {
+        Some(store) => match &initial {
+            Some(c) if c.dir.starts_with(store.root()) => c.id(),
+            _ => store.next_id()?,
+        },
+        None => u64::MAX,
+    };
+    let mut restore = initial.clone();
+    let mut restarts = 0;
+    loop {
+        if let Some(c) = &restore {
+            tracing::info!(job = %spec.name, from = %c.dir.display(), finished = c.manifest.finished,
+                "restoring");
+        }
+        match run_once(prepared, restore.clone(), commands, progress) {
+            Ok(mut report) => {
+                report.restarts = restarts;
+                return Ok(report);
+            }
+            Err(RunError::Setup(e)) => return Err(e),
+            Err(RunError::Cancelled) => return Err(JobError::Cancelled(spec.name.clone())),
+            Err(RunError::Failed(e)) => {
+                restarts += 1;
+                let Some(delay) = restart.delay_before(restarts) else {
+                    return Err(e);
+                };
+                tracing::warn!(job = %spec.name, error = %e, restart = restarts,
+                    delay_ms = delay.as_millis() as u64, "job failed; restarting");
+                if wait_or_cancel(commands, delay) {
+                    return Err(JobError::Cancelled(spec.name.clone()));
+                }
+                restore = match &prepared.store {
+                    Some(store) => {
+                        let (latest, _) = store.latest_usable()?;
+                        match latest.filter(|c| c.id() >= first_own) {
+                            Some(c) => Some(Arc::new(c)),
+                            None => initial.clone(),
+                        }
+                    }
+                    None => initial.clone(),
+                };
+            }
+        }
+    }
+}
+
+/// Sleeps for `delay`; true if the job was cancelled meanwhile. Savepoint
+/// requests get an answer: the job is not running.
+fn wait_or_cancel(commands: &Receiver<JobCommand>, delay: Duration) -> bool {
+    let until = Instant::now() + delay;
+    loop {
+        match commands.recv_deadline(until) {
+            Ok(JobCommand::Cancel) => return true,
+            Ok(JobCommand::Savepoint { reply, .. }) => {
+                let _ = reply.send(Err(CheckpointError::NotRunning));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Messages from tasks and the writer to the runner.
+enum TaskEvent {
+    Exited {
+        task: usize,
+        result: Result<TaskStats, TaskError>,
+    },
+    Written(Written),
+}
+
+/// One run of the job: from `restore` (or the start) until the tasks end.
+fn run_once(
+    prepared: &Prepared,
+    restore: Option<Arc<LoadedCheckpoint>>,
+    commands: &Receiver<JobCommand>,
+    progress: &Arc<AtomicU64>,
+) -> Result<JobReport, RunError> {
+    let spec = &prepared.spec;
+    let env = &prepared.env;
+    let setup = RunError::Setup;
+    let started = Instant::now();
+    let groups = plan(spec);
+    let checkpointing = spec.checkpoint.is_some();
+    let mode = SinkMode {
+        transactional: checkpointing,
+        resuming: restore.is_some(),
+    };
+
+    // Sinks, and their folders brought to the restored checkpoint's state.
+    let make_sink = |name: String, sink| -> Result<Arc<SinkFactory>, JobError> {
+        let factory = SinkFactory::new(sink, mode)?;
+        if let Some(dir) = factory.directory() {
+            let keep = restore
+                .as_ref()
+                .map(|c| c.sink_pending(&name))
+                .unwrap_or_default();
+            recover_directory(dir, &keep)?;
+        }
+        Ok(Arc::new(factory))
+    };
+    let main_sink = make_sink("main".into(), &spec.sink).map_err(setup)?;
+    let mut all_sinks = vec![main_sink.clone()];
+    let mut side_sinks: Vec<BTreeMap<String, Arc<SinkFactory>>> = Vec::new();
     for op in &spec.operators {
         let mut m = BTreeMap::new();
         for (name, sink) in &op.side_outputs {
-            m.insert(name.clone(), SinkFactory::new(sink)?);
+            let f = make_sink(format!("{}.{name}", op.name), sink).map_err(setup)?;
+            all_sinks.push(f.clone());
+            m.insert(name.clone(), f);
         }
         side_sinks.push(m);
     }
@@ -287,30 +628,83 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
         receivers.push(r.into_iter().map(Some).collect());
     }
 
-    let shared = SharedCounters::default();
+    let (events, event_rx) = crossbeam_channel::unbounded::<TaskEvent>();
+    let (finals, final_rx) = crossbeam_channel::unbounded::<FinalSnapshot>();
+    let (write_tx, write_rx) = crossbeam_channel::unbounded();
+    let writer = {
+        let events = events.clone();
+        spawn_writer(write_rx, move |w| {
+            let _ = events.send(TaskEvent::Written(w));
+        })
+        .map_err(|e| {
+            setup(JobError::Internal {
+                job: spec.name.clone(),
+                message: format!("cannot start the checkpoint writer: {e}"),
+            })
+        })?
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let shared = SharedCounters {
+        records: progress.clone(),
+        ..SharedCounters::default()
+    };
+    progress.store(0, Ordering::Relaxed);
     let watermark_spec = spec.watermark();
+    let source_splits = match &restore {
+        Some(c) => c.manifest.source_splits,
+        None => groups[0].parallelism,
+    };
+    let mut triggers = Vec::new();
     let mut handles = Vec::new();
     for (gi, group) in groups.iter().enumerate() {
         for instance in 0..group.parallelism {
+            let index = handles.len();
+            let names: Vec<String> = group
+                .operators
+                .iter()
+                .map(|&i| spec.operators[i].name.clone())
+                .collect();
+            let resume_watermark = restore.as_ref().map(|c| c.watermark_for(&names));
             let head = if gi == 0 {
-                let source = match (&spec.source, &env.embedded_source) {
-                    (SourceSpec::Embedded(_), Some(make)) => make(instance, group.parallelism),
-                    _ => build_source(&spec.source, instance, group.parallelism)?,
+                let assignment = SourceAssignment {
+                    instance,
+                    parallelism: group.parallelism,
+                    restored: restore
+                        .as_ref()
+                        .map(|c| c.source_splits(instance, group.parallelism)),
                 };
-                Head::Source {
-                    source,
-                    time: SourceTime::new(&watermark_spec),
+                let source = match (&spec.source, &env.embedded_source) {
+                    (SourceSpec::Embedded(_), Some(make)) => make(&assignment),
+                    _ => build_source(&spec.source, &assignment).map_err(|e| setup(e.into()))?,
+                };
+                let mut time = SourceTime::new(&watermark_spec);
+                if let Some(c) = &restore {
+                    time.watermarks = BoundedOutOfOrderness::resuming(
+                        watermark_spec.max_out_of_orderness.as_millis() as i64,
+                        c.source_max_timestamp(),
+                    );
                 }
+                Head::Source { source, time }
             } else {
                 let inputs = groups[gi - 1].parallelism as usize;
                 Head::Input {
                     receiver: receivers[gi][instance as usize]
                         .take()
                         .expect("each receiver is taken once"),
-                    watermarks: InputWatermarks::new(inputs),
+                    watermarks: InputWatermarks::starting_at(
+                        inputs,
+                        resume_watermark.unwrap_or(i64::MIN),
+                    ),
                     inputs,
                 }
             };
+            let (trigger, trigger_rx) = if gi == 0 {
+                let (s, r) = crossbeam_channel::unbounded();
+                (Some(s), Some(r))
+            } else {
+                (None, None)
+            };
+            triggers.push(trigger);
             let tail = if gi + 1 < groups.len() {
                 let next: &TaskGroup = &groups[gi + 1];
                 Tail::Router(Router::new(
@@ -326,84 +720,215 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
             };
             let name = format!("{}/{}#{}", spec.name, group_name(spec, group), instance);
             let ops = group.operators.clone();
-            let plans = operator_plans.clone();
+            let plans = prepared.operator_plans.clone();
             let wasm = env.wasm.clone();
             let side_sinks = side_sinks.clone();
             let job = spec.name.clone();
             let max_parallelism = spec.max_parallelism;
             let batch_size = spec.batch.size;
             let shared = shared.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("weir-{name}"))
-                .stack_size(8 << 20)
-                .spawn(move || -> Result<TaskStats, TaskError> {
-                    let mut operators = Vec::new();
-                    let mut sides = Vec::new();
-                    for &i in &ops {
-                        let op = build_operator(
-                            &wasm,
-                            &plans[i],
-                            &job,
-                            instance,
-                            max_parallelism,
-                            &shared,
-                        )?;
-                        sides.push(
-                            op.side_outputs()
-                                .iter()
-                                .map(|s| side_sinks[i].get(s).map(SinkFactory::instance))
-                                .collect(),
-                        );
-                        operators.push(op);
+            let restore = restore.clone();
+            let events = events.clone();
+            let link = TaskLink {
+                index,
+                group: gi as u32,
+                instance,
+                operator_names: names,
+                operator_key_groups: Vec::new(),
+                writer: Some(write_tx.clone()),
+                triggers: trigger_rx,
+                finals: Some(finals.clone()),
+                final_state: checkpointing,
+                cancel: cancel.clone(),
+                shared: shared.clone(),
+            };
+            let thread_name = name.clone();
+            let body = move || -> Result<TaskStats, TaskError> {
+                let mut link = link;
+                let mut operators = Vec::new();
+                let mut sides = Vec::new();
+                for &i in &ops {
+                    let (mut op, info) =
+                        build_operator(&wasm, &plans[i], &job, instance, max_parallelism, &shared)?;
+                    if let Some(c) = &restore {
+                        c.restore_operator(&info, op.as_mut())?;
                     }
-                    Task::new(name, head, operators, sides, tail, batch_size, shared).run()
+                    link.operator_key_groups.push(info.key_groups.clone());
+                    sides.push(
+                        op.side_outputs()
+                            .iter()
+                            .map(|s| side_sinks[i].get(s).map(|f| f.instance()))
+                            .collect(),
+                    );
+                    operators.push(op);
+                }
+                let mut task = Task::new(name, head, operators, sides, tail, batch_size, link);
+                if let Some(w) = resume_watermark {
+                    task.resume_at(w)?;
+                }
+                task.run()
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("weir-{thread_name}"))
+                .stack_size(8 << 20)
+                .spawn(move || {
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body))
+                        .unwrap_or_else(|panic| {
+                            Err(TaskError::Internal {
+                                task: thread_name,
+                                message: format!("panicked: {}", panic_message(&panic)),
+                            })
+                        });
+                    let _ = events.send(TaskEvent::Exited {
+                        task: index,
+                        result,
+                    });
                 })
-                .map_err(|e| JobError::Internal {
-                    job: spec.name.clone(),
-                    message: format!("cannot start a task thread: {e}"),
+                .map_err(|e| {
+                    setup(JobError::Internal {
+                        job: spec.name.clone(),
+                        message: format!("cannot start a task thread: {e}"),
+                    })
                 })?;
             handles.push(handle);
         }
     }
     drop(senders);
+    drop(finals);
+    let tasks = handles.len();
 
+    let checkpoint_spec = spec.checkpoint.clone();
+    let mut coordinator = Coordinator::new(
+        CoordinatorConfig {
+            job: spec.name.clone(),
+            store: prepared.store.clone().unwrap_or_else(|| {
+                // Savepoints only: nothing is written below this root.
+                CheckpointStore::new(Path::new(""), &spec.name)
+            }),
+            interval: checkpoint_spec.as_ref().map(|c| c.interval),
+            timeout: checkpoint_spec
+                .as_ref()
+                .map_or(Duration::from_secs(600), |c| c.timeout),
+            retain: checkpoint_spec.as_ref().map_or(1, |c| c.retain),
+            max_parallelism: spec.max_parallelism,
+            source_splits,
+            modules: prepared.modules.clone(),
+        },
+        triggers,
+        write_tx,
+        all_sinks.clone(),
+    )
+    .map_err(|e| setup(e.into()))?;
+
+    // The runner loop: the coordinator's clock, task events, commands.
+    let mut running = tasks;
+    let mut stats: Vec<Option<TaskStats>> = vec![None; tasks];
     let mut first_error: Option<JobError> = None;
     let mut echo: Option<JobError> = None;
-    let mut records_in = 0;
-    let mut blocked = Duration::ZERO;
-    for (gi, handle) in handles.into_iter().enumerate() {
-        match handle.join() {
-            Ok(Ok(stats)) => {
-                if gi < groups[0].parallelism as usize {
-                    records_in += stats.records_in;
+    let mut cancelled = false;
+    let mut stopped_with: Option<PathBuf> = None;
+    let mut stop_reply: Option<(Sender<Result<PathBuf, CheckpointError>>, Receiver<_>)> = None;
+    while running > 0 || coordinator.is_pending() {
+        let deadline = coordinator
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        crossbeam_channel::select! {
+            recv(event_rx) -> event => match event.expect("the runner holds a sender") {
+                TaskEvent::Exited { task, result } => {
+                    running -= 1;
+                    coordinator.on_gone(task);
+                    match result {
+                        Ok(s) => stats[task] = Some(s),
+                        Err(TaskError::PeerStopped { task }) => {
+                            echo.get_or_insert(JobError::Internal {
+                                job: spec.name.clone(),
+                                message: format!("task {task} stopped because a connected task stopped"),
+                            });
+                        }
+                        Err(e) => {
+                            if first_error.is_none() {
+                                tracing::error!(job = %spec.name, error = %e, "task failed");
+                                cancel.store(true, Ordering::Relaxed);
+                                coordinator.abandon("a task failed");
+                            }
+                            first_error.get_or_insert(e.into());
+                        }
+                    }
+                    if running == 0 && first_error.is_none() && echo.is_none() && !cancelled
+                        && stats.iter().flatten().all(|s| !s.stopped) && checkpointing
+                    {
+                        coordinator.final_checkpoint();
+                    }
                 }
-                blocked += stats.blocked;
+                TaskEvent::Written(w) => coordinator.on_written(w),
+            },
+            recv(final_rx) -> f => {
+                if let Ok(f) = f {
+                    coordinator.on_finished(f.task, f.last, f.snapshot, f.state);
+                }
+            },
+            recv(commands) -> command => match command {
+                Ok(JobCommand::Savepoint { target, stop, reply }) => {
+                    if stop {
+                        // Answer after the tasks have stopped.
+                        let (inner, answer) = crossbeam_channel::bounded(1);
+                        coordinator.request_savepoint(target, true, inner);
+                        stop_reply = Some((reply, answer));
+                    } else {
+                        coordinator.request_savepoint(target, false, reply);
+                    }
+                }
+                Ok(JobCommand::Cancel) => {
+                    cancelled = true;
+                    cancel.store(true, Ordering::Relaxed);
+                    coordinator.abandon("the job was cancelled");
+                }
+                Err(_) => {}
+            },
+            default(deadline.saturating_duration_since(Instant::now())) => {}
+        }
+        coordinator.tick(Instant::now());
+        if let Some((_, answer)) = &stop_reply
+            && let Ok(result) = answer.try_recv()
+        {
+            let (reply, _) = stop_reply.take().expect("checked");
+            if let Ok(path) = &result {
+                stopped_with = Some(path.clone());
             }
-            Ok(Err(TaskError::PeerStopped { task })) => {
-                echo.get_or_insert(JobError::Internal {
-                    job: spec.name.clone(),
-                    message: format!("task {task} stopped because a connected task stopped"),
-                });
-            }
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e.into());
-            }
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                first_error.get_or_insert(JobError::Internal {
-                    job: spec.name.clone(),
-                    message: format!("a task panicked: {message}"),
-                });
-            }
+            let _ = reply.send(result);
+        }
+        if first_error.is_some() && running == 0 {
+            break;
         }
     }
-    if let Some(e) = first_error.or(echo) {
-        return Err(e);
+    if let Some((reply, answer)) = stop_reply.take() {
+        let result = answer
+            .try_recv()
+            .unwrap_or(Err(CheckpointError::NotRunning));
+        if let Ok(path) = &result {
+            stopped_with = Some(path.clone());
+        }
+        let _ = reply.send(result);
     }
+    coordinator.abandon("the run ended");
+    let counts = coordinator.counts;
+    drop(coordinator);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    drop(events);
+    let _ = writer.join();
+
+    if cancelled {
+        return Err(RunError::Cancelled);
+    }
+    if let Some(e) = first_error.or(echo) {
+        return Err(RunError::Failed(e));
+    }
+    let stats: Vec<TaskStats> = stats.into_iter().flatten().collect();
+    let source_tasks = groups[0].parallelism as usize;
+    let records_in = stats.iter().take(source_tasks).map(|s| s.records_in).sum();
+    let blocked = stats.iter().map(|s| s.blocked).sum();
     let mut side_records = BTreeMap::new();
     for (op, sinks) in spec.operators.iter().zip(side_sinks.iter()) {
         for (name, f) in sinks {
@@ -424,6 +949,10 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
         elapsed: started.elapsed(),
         blocked,
         latency: shared.latency,
+        restored_from: restore.as_ref().map(|c| c.dir.clone()),
+        restarts: 0,
+        checkpoints: counts,
+        stopped_with_savepoint: stopped_with,
     })
 }
 

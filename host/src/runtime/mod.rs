@@ -9,5 +9,8 @@ pub mod router;
 pub mod task;
 
 pub use batch::{RecordBatch, RecordRef};
-pub use job::{EmbeddedSource, JobEnv, JobError, JobReport, run, run_file};
+pub use job::{
+    EmbeddedSource, JobEnv, JobError, JobHandle, JobReport, RestoreFrom, StartOptions, run,
+    run_file, start,
+};
 pub use operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};

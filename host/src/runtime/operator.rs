@@ -1,13 +1,19 @@
 //! The operator interface every task drives, Wasm or native.
 //!
 //! An operator sees whole batches, owns its keyed state and timers, and
-//! writes to an [`Output`]. Only [`Operator::process`] is required; the
-//! watermark and processing-time hooks default to doing nothing.
+//! writes to an [`Output`]. [`Operator::process`] and [`Operator::restore`]
+//! are required (the second so no stateful operator can forget it); the
+//! watermark, processing-time and snapshot hooks default to doing nothing.
+//!
+//! Snapshot invariant: `snapshot` followed by `restore` of every entry into a
+//! fresh instance (or into the instances that own the key groups after a
+//! rescale) gives operators that behave identically from then on.
 
 use std::ops::Range;
 
 use crate::runtime::batch::RecordBatch;
 use crate::state::StateError;
+use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry, SnapshotError};
 
 /// Where an operator writes: the main output and one batch per declared
 /// side output, in declaration order.
@@ -57,6 +63,14 @@ pub enum FailureKind {
     Init(String),
     #[error("state backend: {0}")]
     State(#[from] StateError),
+    #[error("restoring state: {0}")]
+    Restore(String),
+}
+
+impl From<SnapshotError> for FailureKind {
+    fn from(e: SnapshotError) -> Self {
+        FailureKind::Restore(e.to_string())
+    }
 }
 
 /// An operator failure, naming the job, operator and instance it happened in.
@@ -79,9 +93,21 @@ impl OperatorError {
         }
     }
 
+    /// A checkpoint holds state for an operator that keeps none (its module
+    /// or native kind changed to a stateless one).
+    pub fn unexpected_state(info: &InstanceInfo) -> Self {
+        OperatorError::new(
+            info,
+            FailureKind::Restore(
+                "the checkpoint holds keyed state or timers for this operator, but it keeps none"
+                    .into(),
+            ),
+        )
+    }
+
     /// True when the user's code is at fault, not the host.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self.kind, FailureKind::State(_))
+        !matches!(self.kind, FailureKind::State(_) | FailureKind::Restore(_))
     }
 }
 
@@ -110,4 +136,15 @@ pub trait Operator: Send {
     fn next_processing_timer(&self) -> Option<i64> {
         None
     }
+
+    /// Writes all keyed state and timers, at a checkpoint barrier. An
+    /// operator without state writes nothing.
+    fn snapshot(&mut self, out: &mut KeyedSnapshot) -> Result<(), OperatorError> {
+        let _ = out;
+        Ok(())
+    }
+
+    /// Takes back one entry of a snapshot, of a key group this instance owns.
+    /// Only called before the first batch.
+    fn restore(&mut self, key_group: u32, entry: SnapshotEntry<'_>) -> Result<(), OperatorError>;
 }

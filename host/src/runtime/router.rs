@@ -22,6 +22,8 @@ pub enum Event {
     /// The sender has had nothing to send for its idle timeout; it becomes
     /// active again with its next records or watermark.
     Idle,
+    /// A checkpoint barrier: everything before it is in the checkpoint.
+    Barrier(crate::checkpoint::Barrier),
     End,
 }
 

@@ -20,17 +20,29 @@
 //!   whose inputs are all idle (or ended) forwards `Idle` in turn.
 //! - A source record more than `future_horizon` ahead of the wall clock is
 //!   processed but not observed by the watermark generator, and counted.
+//! - Checkpoints (see [`crate::checkpoint`]): a source task takes a barrier
+//!   between two batches; an input task aligns barriers, holding back the
+//!   events of inputs that delivered the barrier until all have (an ended
+//!   input counts as delivered), snapshots, forwards the barrier, then
+//!   replays what it held in arrival order.
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::checkpoint::coordinator::WriteRequest;
+use crate::checkpoint::manifest::{SinkSnapshot, SourceSnapshot, TaskSnapshot, encode_state_file};
+use crate::checkpoint::{Barrier, CheckpointId};
 use crate::connectors::{ConnectorError, Poll, Sink, Source};
 use crate::runtime::batch::RecordBatch;
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{Operator, OperatorError, Output};
 use crate::runtime::router::{Disconnected, Envelope, Event, Router};
+use crate::state::snapshot::KeyedSnapshot;
 use crate::time::{BoundedOutOfOrderness, InputWatermarks, now_millis};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +54,54 @@ pub enum TaskError {
     /// A neighbouring task stopped first; its own error is the cause.
     #[error("task {task}: a connected task stopped")]
     PeerStopped { task: String },
+    #[error("task {task}: {message}")]
+    Internal { task: String, message: String },
+}
+
+/// A finished task's final snapshot, for the job's coordinator.
+pub struct FinalSnapshot {
+    pub task: usize,
+    /// The last checkpoint the task snapshotted at a barrier (0: none).
+    pub last: CheckpointId,
+    pub snapshot: TaskSnapshot,
+    pub state: Option<Arc<[u8]>>,
+}
+
+/// How a task takes part in its job's checkpoints.
+pub struct TaskLink {
+    /// The task's index in the job (the coordinator's numbering).
+    pub index: usize,
+    pub group: u32,
+    pub instance: u32,
+    pub operator_names: Vec<String>,
+    pub operator_key_groups: Vec<Range<u32>>,
+    /// `None` when the job takes no checkpoints.
+    pub writer: Option<Sender<WriteRequest>>,
+    /// Barriers from the coordinator (source tasks).
+    pub triggers: Option<Receiver<Barrier>>,
+    pub finals: Option<Sender<FinalSnapshot>>,
+    /// Final snapshots carry state (the job takes checkpoints); without
+    /// checkpoints they only tell the coordinator the task has finished.
+    pub final_state: bool,
+    /// Set when the job is being torn down after a failure.
+    pub cancel: Arc<AtomicBool>,
+    pub shared: SharedCounters,
+}
+
+/// A task's snapshot and the bytes of its state file, if it has state.
+type SnapshotParts = (TaskSnapshot, Option<Arc<[u8]>>);
+
+/// Barrier alignment in progress.
+struct Alignment {
+    barrier: Barrier,
+    /// Per input: its barrier (or its end) has arrived.
+    arrived: Vec<bool>,
+}
+
+impl Alignment {
+    fn complete(&self) -> bool {
+        self.arrived.iter().all(|&a| a)
+    }
 }
 
 /// How a source task tracks event time.
@@ -110,6 +170,8 @@ pub struct SharedCounters {
     pub latency: Arc<LatencyHistogram>,
     /// Records emitted to side outputs that have no sink in the spec.
     pub unrouted_side_records: Arc<std::sync::atomic::AtomicU64>,
+    /// Records of all tasks taken from their head (source or input).
+    pub records: Arc<std::sync::atomic::AtomicU64>,
     /// Source records beyond the future horizon.
     pub far_future_records: Arc<std::sync::atomic::AtomicU64>,
     /// Records too late for every window they belong to.
@@ -121,6 +183,8 @@ pub struct SharedCounters {
 pub struct TaskStats {
     pub records_in: u64,
     pub blocked: Duration,
+    /// The task stopped at a stop-with-savepoint barrier instead of finishing.
+    pub stopped: bool,
 }
 
 pub struct Task {
@@ -133,9 +197,11 @@ pub struct Task {
     pub tail: Tail,
     pub batch_size: usize,
     pub shared: SharedCounters,
+    link: TaskLink,
     outputs: Vec<Output>,
     watermark: i64,
     stats: TaskStats,
+    last_snapshot: CheckpointId,
 }
 
 impl Task {
@@ -146,7 +212,7 @@ impl Task {
         side_sinks: Vec<Vec<Option<Box<dyn Sink>>>>,
         tail: Tail,
         batch_size: usize,
-        shared: SharedCounters,
+        link: TaskLink,
     ) -> Self {
         let outputs = operators
             .iter()
@@ -162,11 +228,155 @@ impl Task {
             side_sinks,
             tail,
             batch_size,
-            shared,
+            shared: link.shared.clone(),
+            link,
             outputs,
             watermark: i64::MIN,
             stats: TaskStats::default(),
+            last_snapshot: 0,
         }
+    }
+
+    /// Starts at a restored watermark: operators learn it (nothing fires, as
+    /// timers at or before it fired before the checkpoint), and it is not
+    /// sent on, since downstream tasks restore their own.
+    pub fn resume_at(&mut self, watermark: i64) -> Result<(), TaskError> {
+        if watermark > self.watermark {
+            self.watermark = watermark;
+            self.fire_in_order(&|op, out| op.advance_watermark(watermark, out))?;
+        }
+        Ok(())
+    }
+
+    fn internal(&self, message: impl Into<String>) -> TaskError {
+        TaskError::Internal {
+            task: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Snapshots the operators and pre-commits the sinks.
+    fn snapshot(
+        &mut self,
+        checkpoint: CheckpointId,
+        finished: bool,
+        source: Option<SourceSnapshot>,
+    ) -> Result<SnapshotParts, TaskError> {
+        let mut operators = Vec::new();
+        for (i, op) in self.operators.iter_mut().enumerate() {
+            let range = self.link.operator_key_groups[i].clone();
+            let mut snapshot = KeyedSnapshot::new(range.clone());
+            op.snapshot(&mut snapshot)?;
+            operators.push((self.link.operator_names[i].clone(), range, snapshot));
+        }
+        let file = format!("task-{}-{}.state", self.link.group, self.link.instance);
+        let (state, bytes) = match encode_state_file(file, &operators) {
+            Some((bytes, state)) => (Some(state), Some(Arc::from(bytes))),
+            None => (None, None),
+        };
+        let mut sinks = Vec::new();
+        if let Tail::Sink(sink) = &mut self.tail {
+            let pending = sink.prepare_commit(checkpoint)?;
+            if !pending.is_empty() {
+                sinks.push(SinkSnapshot {
+                    sink: "main".into(),
+                    pending,
+                });
+            }
+        }
+        for (i, list) in self.side_sinks.iter_mut().enumerate() {
+            for (j, sink) in list.iter_mut().enumerate() {
+                let Some(sink) = sink else { continue };
+                let pending = sink.prepare_commit(checkpoint)?;
+                if !pending.is_empty() {
+                    let side = &self.operators[i].side_outputs()[j];
+                    sinks.push(SinkSnapshot {
+                        sink: format!("{}.{side}", self.link.operator_names[i]),
+                        pending,
+                    });
+                }
+            }
+        }
+        let snapshot = TaskSnapshot {
+            group: self.link.group,
+            instance: self.link.instance,
+            operators: self.link.operator_names.clone(),
+            watermark: self.watermark,
+            finished,
+            source,
+            sinks,
+            state,
+        };
+        Ok((snapshot, bytes))
+    }
+
+    /// The source's positions; `required` at a barrier, where a source
+    /// that cannot report them fails the task.
+    fn source_snapshot(
+        &self,
+        source: &dyn Source,
+        time: &SourceTime,
+        required: bool,
+    ) -> Result<Option<SourceSnapshot>, TaskError> {
+        let Some(positions) = source.positions() else {
+            if required {
+                return Err(
+                    self.internal("a checkpoint or savepoint needs source positions, but this source cannot report them"),
+                );
+            }
+            return Ok(None);
+        };
+        Ok(Some(SourceSnapshot {
+            positions,
+            max_timestamp: time.watermarks.max_timestamp(),
+        }))
+    }
+
+    /// At a barrier: snapshot, hand the snapshot to the writer, pass the
+    /// barrier on.
+    fn checkpoint(
+        &mut self,
+        barrier: &Barrier,
+        source: Option<SourceSnapshot>,
+    ) -> Result<(), TaskError> {
+        if let Some(writer) = self.link.writer.clone() {
+            let (snapshot, state) = self.snapshot(barrier.id, false, source)?;
+            self.last_snapshot = barrier.id;
+            // The writer is gone only when the job is being torn down.
+            let _ = writer.send(WriteRequest {
+                task: self.link.index,
+                checkpoint: barrier.id,
+                dir: barrier.dir.clone(),
+                snapshot,
+                state,
+            });
+        }
+        if let Tail::Router(router) = &mut self.tail {
+            router
+                .broadcast(|| Event::Barrier(barrier.clone()))
+                .map_err(|d| TaskError::PeerStopped {
+                    task: format!("{d:?}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// After a stop-with-savepoint barrier: flush and leave.
+    fn stop(&mut self) -> Result<(), TaskError> {
+        self.stats.stopped = true;
+        self.close_sinks()
+    }
+
+    fn close_sinks(&mut self) -> Result<(), TaskError> {
+        if let Tail::Sink(sink) = &mut self.tail {
+            sink.close()?;
+        }
+        for sinks in &mut self.side_sinks {
+            for sink in sinks.iter_mut().flatten() {
+                sink.close()?;
+            }
+        }
+        Ok(())
     }
 
     fn peer_stopped(&self, _: Disconnected) -> TaskError {
@@ -301,24 +511,31 @@ impl Task {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), TaskError> {
+    /// The input ended: fire everything, pass the end on, hand the final
+    /// snapshot to the coordinator, close the sinks.
+    fn finish(&mut self, source: Option<SourceSnapshot>) -> Result<(), TaskError> {
         self.advance_watermark(i64::MAX)?;
-        match &mut self.tail {
-            Tail::Router(router) => {
-                router
-                    .broadcast(|| Event::End)
-                    .map_err(|_| TaskError::PeerStopped {
-                        task: String::new(),
-                    })?
-            }
-            Tail::Sink(sink) => sink.close()?,
+        if let Tail::Router(router) = &mut self.tail {
+            router
+                .broadcast(|| Event::End)
+                .map_err(|_| TaskError::PeerStopped {
+                    task: String::new(),
+                })?
         }
-        for sinks in &mut self.side_sinks {
-            for sink in sinks.iter_mut().flatten() {
-                sink.close()?;
-            }
+        if let Some(finals) = self.link.finals.clone() {
+            let (snapshot, state) = if self.link.final_state {
+                self.snapshot(CheckpointId::MAX, true, source)?
+            } else {
+                (TaskSnapshot::default(), None)
+            };
+            let _ = finals.send(FinalSnapshot {
+                task: self.link.index,
+                last: self.last_snapshot,
+                snapshot,
+                state,
+            });
         }
-        Ok(())
+        self.close_sinks()
     }
 
     /// Runs until every input has ended, or the first failure.
@@ -369,7 +586,18 @@ impl Task {
         let mut last_watermark = Instant::now();
         let mut last_record = Instant::now();
         let mut idle = false;
+        let triggers = self.link.triggers.take();
         loop {
+            if self.link.cancel.load(Ordering::Relaxed) {
+                return Err(self.peer_stopped(Disconnected));
+            }
+            if let Some(barrier) = triggers.as_ref().and_then(|t| t.try_recv().ok()) {
+                let position = self.source_snapshot(source.as_ref(), &time, true)?;
+                self.checkpoint(&barrier, position)?;
+                if barrier.stops() {
+                    return self.stop();
+                }
+            }
             batch.clear();
             batch.origin = Some(Instant::now());
             let poll = source.poll(&mut batch, self.batch_size)?;
@@ -382,13 +610,18 @@ impl Task {
                     "records more than the future horizon ahead of the clock do not move the watermark");
             }
             self.stats.records_in += batch.len() as u64;
+            self.shared
+                .records
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             if !batch.is_empty() {
                 last_record = Instant::now();
                 idle = false;
             }
             self.run_chain(0, &batch)?;
             if poll == Poll::End {
-                return self.finish();
+                let required = self.link.final_state;
+                let position = self.source_snapshot(source.as_ref(), &time, required)?;
+                return self.finish(position);
             }
             if last_watermark.elapsed() >= time.interval {
                 last_watermark = Instant::now();
@@ -413,62 +646,108 @@ impl Task {
         mut watermarks: InputWatermarks,
         inputs: usize,
     ) -> Result<(), TaskError> {
-        let mut ended = 0;
+        let mut ended = vec![false; inputs];
+        let mut alignment: Option<Alignment> = None;
+        // Events of inputs whose barrier has arrived, during alignment.
+        let mut held: VecDeque<Envelope> = VecDeque::new();
+        // Held events, released after the barrier, to handle before new ones.
+        let mut replay: VecDeque<Envelope> = VecDeque::new();
         loop {
-            let router_deadline = match &self.tail {
-                Tail::Router(r) => r.deadline(),
-                Tail::Sink(_) => None,
+            let message = match replay.pop_front() {
+                Some(envelope) => Ok(envelope),
+                None => self.receive(&receiver),
             };
-            let timer_deadline = self.next_processing_timer().map(|t| {
-                let wait = (t - now_millis()).max(0) as u64;
-                Instant::now() + Duration::from_millis(wait)
-            });
-            let deadline = match (router_deadline, timer_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let message = match deadline {
-                Some(d) => receiver.recv_deadline(d),
-                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match message {
-                Ok(Envelope { from, event }) => match event {
-                    Event::Records(batch) => {
-                        watermarks.activate(from as usize);
-                        self.stats.records_in += batch.len() as u64;
-                        self.run_chain(0, &batch)?;
-                    }
-                    Event::Watermark(w) => {
-                        if let Some(w) = watermarks.update(from as usize, w) {
-                            self.advance_watermark(w)?;
-                        }
-                    }
-                    Event::Idle => {
-                        let was_idle = watermarks.all_idle();
-                        if let Some(w) = watermarks.set_idle(from as usize) {
-                            self.advance_watermark(w)?;
-                        }
-                        if !was_idle && watermarks.all_idle() {
-                            self.broadcast_idle()?;
-                        }
-                    }
-                    Event::End => {
-                        ended += 1;
-                        if let Some(w) = watermarks.end(from as usize) {
-                            self.advance_watermark(w)?;
-                        }
-                        if ended == inputs {
-                            return self.finish();
-                        }
-                    }
-                },
-                Err(RecvTimeoutError::Timeout) => {}
+            let Envelope { from, event } = match message {
+                Ok(envelope) => envelope,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.flush_due()?;
+                    self.fire_processing_timers()?;
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(self.peer_stopped(Disconnected));
                 }
+            };
+            let input = from as usize;
+            if alignment.as_ref().is_some_and(|a| a.arrived[input]) {
+                held.push_back(Envelope { from, event });
+                continue;
+            }
+            match event {
+                Event::Records(batch) => {
+                    watermarks.activate(input);
+                    self.stats.records_in += batch.len() as u64;
+                    self.run_chain(0, &batch)?;
+                }
+                Event::Watermark(w) => {
+                    if let Some(w) = watermarks.update(input, w) {
+                        self.advance_watermark(w)?;
+                    }
+                }
+                Event::Idle => {
+                    let was_idle = watermarks.all_idle();
+                    if let Some(w) = watermarks.set_idle(input) {
+                        self.advance_watermark(w)?;
+                    }
+                    if !was_idle && watermarks.all_idle() {
+                        self.broadcast_idle()?;
+                    }
+                }
+                Event::Barrier(barrier) => {
+                    let a = alignment.get_or_insert_with(|| Alignment {
+                        barrier: barrier.clone(),
+                        arrived: ended.clone(),
+                    });
+                    if a.barrier.id != barrier.id {
+                        return Err(self.internal(format!(
+                            "barrier {} arrived while aligning barrier {}",
+                            barrier.id, a.barrier.id
+                        )));
+                    }
+                    a.arrived[input] = true;
+                }
+                Event::End => {
+                    ended[input] = true;
+                    if let Some(a) = &mut alignment {
+                        a.arrived[input] = true;
+                    }
+                    if let Some(w) = watermarks.end(input) {
+                        self.advance_watermark(w)?;
+                    }
+                }
+            }
+            if let Some(a) = alignment.take_if(|a| a.complete()) {
+                self.checkpoint(&a.barrier, None)?;
+                if a.barrier.stops() {
+                    return self.stop();
+                }
+                replay.extend(held.drain(..));
+            }
+            if alignment.is_none() && ended.iter().all(|&e| e) {
+                return self.finish(None);
             }
             self.flush_due()?;
             self.fire_processing_timers()?;
+        }
+    }
+
+    /// The next event, waiting at most until a batch must be flushed or a
+    /// processing-time timer is due.
+    fn receive(&self, receiver: &Receiver<Envelope>) -> Result<Envelope, RecvTimeoutError> {
+        let router_deadline = match &self.tail {
+            Tail::Router(r) => r.deadline(),
+            Tail::Sink(_) => None,
+        };
+        let timer_deadline = self.next_processing_timer().map(|t| {
+            let wait = (t - now_millis()).max(0) as u64;
+            Instant::now() + Duration::from_millis(wait)
+        });
+        match (router_deadline, timer_deadline) {
+            (Some(a), Some(b)) => receiver.recv_deadline(a.min(b)),
+            (a, b) => match a.or(b) {
+                Some(d) => receiver.recv_deadline(d),
+                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            },
         }
     }
 }

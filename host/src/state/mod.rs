@@ -11,6 +11,7 @@
 //! backend with a key the current batch does not hold.
 
 pub mod memory;
+pub mod snapshot;
 
 use std::ops::Range;
 

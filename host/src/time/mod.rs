@@ -17,15 +17,25 @@ pub struct BoundedOutOfOrderness {
 
 impl BoundedOutOfOrderness {
     pub fn new(bound_ms: i64) -> Self {
+        Self::resuming(bound_ms, i64::MIN)
+    }
+
+    /// A generator that has already seen `max_timestamp` (from a checkpoint).
+    pub fn resuming(bound_ms: i64, max_timestamp: i64) -> Self {
         BoundedOutOfOrderness {
             bound_ms,
-            max_timestamp: i64::MIN,
+            max_timestamp,
         }
     }
 
     #[inline]
     pub fn observe(&mut self, timestamp: i64) {
         self.max_timestamp = self.max_timestamp.max(timestamp);
+    }
+
+    /// The highest event time seen: what a checkpoint keeps of the generator.
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
     }
 
     pub fn current(&self) -> i64 {
@@ -55,10 +65,16 @@ pub struct InputWatermarks {
 
 impl InputWatermarks {
     pub fn new(inputs: usize) -> Self {
+        Self::starting_at(inputs, i64::MIN)
+    }
+
+    /// Inputs whose watermark is already `watermark` (a restored task:
+    /// event time does not go back across a recovery).
+    pub fn starting_at(inputs: usize, watermark: i64) -> Self {
         InputWatermarks {
-            marks: vec![i64::MIN; inputs],
+            marks: vec![watermark; inputs],
             idle: vec![false; inputs],
-            current: i64::MIN,
+            current: watermark,
         }
     }
 
@@ -177,6 +193,19 @@ impl TimerService {
             }
         }
         due
+    }
+
+    /// Every registered timer, event time first, each in time order.
+    pub fn iter(&self) -> impl Iterator<Item = (TimeDomain, i64, &[u8])> {
+        let event = self
+            .event
+            .iter()
+            .map(|(t, k)| (TimeDomain::EventTime, *t, &k[..]));
+        let processing = self
+            .processing
+            .iter()
+            .map(|(t, k)| (TimeDomain::ProcessingTime, *t, &k[..]));
+        event.chain(processing)
     }
 
     /// The earliest processing-time timer.

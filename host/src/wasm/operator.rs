@@ -26,6 +26,7 @@ use super::host::{HostState, slot_key_in};
 use crate::graph::key_group;
 use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
+use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry, restore_entry};
 use crate::state::{StateBackend, StateId, StateKind, ValueHandle};
 use crate::time::{TimeDomain, now_millis};
 
@@ -691,5 +692,29 @@ impl Operator for WasmOperator {
 
     fn next_processing_timer(&self) -> Option<i64> {
         self.store.data().call.timers.next_processing_time()
+    }
+
+    fn snapshot(&mut self, out: &mut KeyedSnapshot) -> Result<(), OperatorError> {
+        let call = &self.store.data().call;
+        out.add_backend(call.backend.as_ref())
+            .map_err(|e| self.fail(e))?;
+        for (domain, time, key) in call.timers.iter() {
+            let group = key_group(key, self.info.max_parallelism);
+            out.push(group, SnapshotEntry::Timer { domain, time, key })
+                .map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, key_group: u32, entry: SnapshotEntry<'_>) -> Result<(), OperatorError> {
+        let call = &mut self.store.data_mut().call;
+        let r = match entry {
+            SnapshotEntry::State(e) => restore_entry(call.backend.as_mut(), key_group, e),
+            SnapshotEntry::Timer { domain, time, key } => {
+                call.timers.register(domain, time, key);
+                Ok(())
+            }
+        };
+        r.map_err(|e| self.fail(e))
     }
 }

@@ -31,6 +31,7 @@ use crate::graph::key_group;
 use crate::graph::spec::{WindowKind, WindowSpec};
 use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
+use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry};
 use crate::state::{StateId, StateKind};
 use crate::time::{TimeDomain, TimerService};
 use crate::wasm::{WasmOperator, WindowBatch};
@@ -382,6 +383,42 @@ impl Operator for WindowOperator {
             self.batch = batch;
             r?;
             self.run_purges()?;
+        }
+    }
+
+    fn snapshot(&mut self, out: &mut KeyedSnapshot) -> Result<(), OperatorError> {
+        self.inner.snapshot(out)?;
+        for (domain, time, slot_key) in self.timers.iter() {
+            let (key, _, _) = weir_abi::split_window_slot_key(slot_key).expect("built by us");
+            let group = key_group(key, self.info.max_parallelism);
+            out.push(
+                group,
+                SnapshotEntry::Timer {
+                    domain,
+                    time,
+                    key: slot_key,
+                },
+            )
+            .map_err(|e| OperatorError::new(&self.info, e))?;
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, key_group: u32, entry: SnapshotEntry<'_>) -> Result<(), OperatorError> {
+        match entry {
+            SnapshotEntry::Timer { domain, time, key } => {
+                if weir_abi::split_window_slot_key(key).is_none() {
+                    return Err(OperatorError::new(
+                        &self.info,
+                        FailureKind::Restore(
+                            "a window timer's key is not a window slot key".into(),
+                        ),
+                    ));
+                }
+                self.timers.register(domain, time, key);
+                Ok(())
+            }
+            state => self.inner.restore(key_group, state),
         }
     }
 }

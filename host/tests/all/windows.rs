@@ -320,7 +320,8 @@ fn run_scripted(idle_timeout: &str) -> WindowRun {
     {
         let progress = progress.clone();
         let steps = steps.clone();
-        job_env.embedded_source = Some(Arc::new(move |instance, _| {
+        job_env.embedded_source = Some(Arc::new(move |assignment| {
+            let instance = assignment.instance;
             let own = if instance < 2 {
                 steps[instance as usize].clone()
             } else {

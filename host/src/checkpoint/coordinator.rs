@@ -1,0 +1,458 @@
+//! The checkpoint coordinator of one job run: a state machine driven by the
+//! job's runner thread.
+//!
+//! States: *idle* (no checkpoint in flight) and *pending(n)* (barriers of
+//! `n` are travelling, acknowledgements arrive). Transitions:
+//! - idle -> pending(n): the interval has passed since the last trigger, or
+//!   a savepoint was requested. Sources get the barrier; tasks that have
+//!   already finished are acknowledged at once with their final snapshot.
+//! - pending(n) -> idle, complete: every task acknowledged. The manifest is
+//!   written, sink parts are committed, old checkpoints pruned, a savepoint
+//!   requester answered.
+//! - pending(n) -> idle, aborted: the timeout passed, or a write failed. Its
+//!   folder is deleted; its sink parts stay pending and are listed again by
+//!   the next checkpoint.
+//!
+//! Snapshots reach the coordinator only through the writer thread (after
+//! their file is on disk) or as a finished task's final snapshot.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::manifest::{FileEntry, Manifest, ManifestKind, ModuleVersion, TaskSnapshot};
+use super::storage::{CheckpointStore, write_file, write_manifest};
+use super::{Barrier, BarrierKind, CheckpointError, CheckpointId};
+use crate::connectors::{SinkFactory, commit_part};
+use crate::time::now_millis;
+
+/// A task's snapshot on its way to disk.
+pub struct WriteRequest {
+    pub task: usize,
+    pub checkpoint: CheckpointId,
+    pub dir: Arc<PathBuf>,
+    pub snapshot: TaskSnapshot,
+    pub state: Option<Arc<[u8]>>,
+}
+
+/// What the writer thread reports.
+pub enum Written {
+    Done {
+        task: usize,
+        checkpoint: CheckpointId,
+        snapshot: TaskSnapshot,
+        file: Option<FileEntry>,
+    },
+    Failed {
+        task: usize,
+        checkpoint: CheckpointId,
+        error: CheckpointError,
+    },
+}
+
+/// Writes snapshots until every sender is gone.
+pub fn spawn_writer(
+    requests: crossbeam_channel::Receiver<WriteRequest>,
+    done: impl Fn(Written) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("weir-checkpoint-writer".into())
+        .spawn(move || {
+            for r in requests {
+                let file = match (&r.state, &r.snapshot.state) {
+                    (Some(bytes), Some(state)) => match write_file(&r.dir, &state.file, bytes) {
+                        Ok(entry) => Some(entry),
+                        Err(error) => {
+                            done(Written::Failed {
+                                task: r.task,
+                                checkpoint: r.checkpoint,
+                                error,
+                            });
+                            continue;
+                        }
+                    },
+                    _ => None,
+                };
+                done(Written::Done {
+                    task: r.task,
+                    checkpoint: r.checkpoint,
+                    snapshot: r.snapshot,
+                    file,
+                });
+            }
+        })
+}
+
+struct Final {
+    /// The last checkpoint the task snapshotted at a barrier.
+    last: CheckpointId,
+    snapshot: TaskSnapshot,
+    state: Option<Arc<[u8]>>,
+}
+
+struct Pending {
+    id: CheckpointId,
+    kind: BarrierKind,
+    dir: Arc<PathBuf>,
+    started: Instant,
+    acks: Vec<Option<(TaskSnapshot, Option<FileEntry>)>>,
+    reply: Option<Sender<Result<PathBuf, CheckpointError>>>,
+}
+
+/// A savepoint asked for while another checkpoint was in flight.
+struct SavepointRequest {
+    target: PathBuf,
+    stop: bool,
+    reply: Sender<Result<PathBuf, CheckpointError>>,
+}
+
+/// Settings and facts of the job the coordinator needs.
+pub struct CoordinatorConfig {
+    pub job: String,
+    pub store: CheckpointStore,
+    /// `None`: savepoints only.
+    pub interval: Option<Duration>,
+    pub timeout: Duration,
+    pub retain: usize,
+    pub max_parallelism: u32,
+    pub source_splits: u32,
+    pub modules: Vec<ModuleVersion>,
+}
+
+/// Counters a job reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckpointCounts {
+    pub completed: u64,
+    pub aborted: u64,
+    pub last_completed: Option<CheckpointId>,
+    pub last_duration: Option<Duration>,
+}
+
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    /// Per task: where to send barriers (source tasks only).
+    triggers: Vec<Option<Sender<Barrier>>>,
+    writer: Sender<WriteRequest>,
+    sinks: Vec<Arc<SinkFactory>>,
+    next_id: CheckpointId,
+    last_trigger: Instant,
+    pending: Option<Pending>,
+    queued: VecDeque<SavepointRequest>,
+    finals: Vec<Option<Final>>,
+    /// Tasks that are gone without finishing (stopped, failed).
+    gone: Vec<bool>,
+    pub counts: CheckpointCounts,
+}
+
+impl Coordinator {
+    pub fn new(
+        config: CoordinatorConfig,
+        triggers: Vec<Option<Sender<Barrier>>>,
+        writer: Sender<WriteRequest>,
+        sinks: Vec<Arc<SinkFactory>>,
+    ) -> Result<Self, CheckpointError> {
+        config.store.remove_incomplete()?;
+        let next_id = config.store.next_id()?;
+        let tasks = triggers.len();
+        Ok(Coordinator {
+            config,
+            triggers,
+            writer,
+            sinks,
+            next_id,
+            last_trigger: Instant::now(),
+            pending: None,
+            queued: VecDeque::new(),
+            finals: (0..tasks).map(|_| None).collect(),
+            gone: vec![false; tasks],
+            counts: CheckpointCounts::default(),
+        })
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn all_finished(&self) -> bool {
+        self.finals.iter().all(Option::is_some)
+    }
+
+    /// When [`Self::tick`] has something to do next.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.pending {
+            Some(p) => Some(p.started + self.config.timeout),
+            None => self.config.interval.map(|i| self.last_trigger + i),
+        }
+    }
+
+    /// Triggers a due checkpoint, aborts an overdue one.
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(p) = &self.pending {
+            if now >= p.started + self.config.timeout {
+                let timeout = self.config.timeout;
+                self.abort(format!("not complete after {timeout:?}"));
+            }
+            return;
+        }
+        if let Some(r) = self.queued.pop_front() {
+            self.trigger_savepoint(r.target, r.stop, r.reply);
+            return;
+        }
+        if let Some(interval) = self.config.interval
+            && now >= self.last_trigger + interval
+            && !self.all_finished()
+            && !self.gone.iter().any(|&g| g)
+        {
+            let dir = self.config.store.checkpoint_dir(self.next_id);
+            self.trigger(BarrierKind::Checkpoint, dir, None);
+        }
+    }
+
+    /// Asks for a savepoint in a folder of its own below `target`; the
+    /// answer is its path once complete.
+    pub fn request_savepoint(
+        &mut self,
+        target: PathBuf,
+        stop: bool,
+        reply: Sender<Result<PathBuf, CheckpointError>>,
+    ) {
+        if self.all_finished() || self.gone.iter().any(|&g| g) {
+            let _ = reply.send(Err(CheckpointError::NotRunning));
+            return;
+        }
+        if self.pending.is_some() {
+            self.queued.push_back(SavepointRequest {
+                target,
+                stop,
+                reply,
+            });
+        } else {
+            self.trigger_savepoint(target, stop, reply);
+        }
+    }
+
+    fn trigger_savepoint(
+        &mut self,
+        target: PathBuf,
+        stop: bool,
+        reply: Sender<Result<PathBuf, CheckpointError>>,
+    ) {
+        let dir = target.join(format!("savepoint-{}-{}", self.config.job, self.next_id));
+        self.trigger(BarrierKind::Savepoint { stop }, dir, Some(reply));
+    }
+
+    fn trigger(
+        &mut self,
+        kind: BarrierKind,
+        dir: PathBuf,
+        reply: Option<Sender<Result<PathBuf, CheckpointError>>>,
+    ) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.last_trigger = Instant::now();
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            let error = CheckpointError::Io {
+                path: dir.clone(),
+                source: e,
+            };
+            tracing::warn!(job = %self.config.job, checkpoint = id, error = %error, "cannot start a checkpoint");
+            self.counts.aborted += 1;
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(error));
+            }
+            return;
+        }
+        let dir = Arc::new(dir);
+        let barrier = Barrier {
+            id,
+            kind,
+            dir: dir.clone(),
+        };
+        tracing::debug!(job = %self.config.job, checkpoint = id, ?kind, "checkpoint triggered");
+        for trigger in self.triggers.iter().flatten() {
+            // A source that has just finished reports its final snapshot instead.
+            let _ = trigger.send(barrier.clone());
+        }
+        self.pending = Some(Pending {
+            id,
+            kind,
+            dir: dir.clone(),
+            started: Instant::now(),
+            acks: (0..self.finals.len()).map(|_| None).collect(),
+            reply,
+        });
+        for task in 0..self.finals.len() {
+            self.write_final_for_pending(task);
+        }
+    }
+
+    /// A finished task that did not see the pending barrier is part of it
+    /// with its final snapshot.
+    fn write_final_for_pending(&mut self, task: usize) {
+        let (Some(p), Some(f)) = (&self.pending, &self.finals[task]) else {
+            return;
+        };
+        if f.last >= p.id {
+            return;
+        }
+        let _ = self.writer.send(WriteRequest {
+            task,
+            checkpoint: p.id,
+            dir: p.dir.clone(),
+            snapshot: f.snapshot.clone(),
+            state: f.state.clone(),
+        });
+    }
+
+    pub fn on_written(&mut self, written: Written) {
+        match written {
+            Written::Done {
+                task,
+                checkpoint,
+                snapshot,
+                file,
+            } => {
+                let Some(p) = &mut self.pending else { return };
+                if p.id != checkpoint || p.acks[task].is_some() {
+                    return;
+                }
+                p.acks[task] = Some((snapshot, file));
+                if p.acks.iter().all(Option::is_some) {
+                    self.complete();
+                }
+            }
+            Written::Failed {
+                checkpoint, error, ..
+            } => {
+                if self.pending.as_ref().is_some_and(|p| p.id == checkpoint) {
+                    self.abort(error.to_string());
+                }
+            }
+        }
+    }
+
+    /// A task's input ended; `last` is the last checkpoint it snapshotted.
+    pub fn on_finished(
+        &mut self,
+        task: usize,
+        last: CheckpointId,
+        snapshot: TaskSnapshot,
+        state: Option<Arc<[u8]>>,
+    ) {
+        self.triggers[task] = None;
+        self.finals[task] = Some(Final {
+            last,
+            snapshot,
+            state,
+        });
+        self.write_final_for_pending(task);
+    }
+
+    /// A task is gone without finishing: no checkpoint can complete now.
+    pub fn on_gone(&mut self, task: usize) {
+        if self.finals[task].is_none() {
+            self.gone[task] = true;
+            self.triggers[task] = None;
+        }
+    }
+
+    /// Every task has finished: writes the last checkpoint, marked finished,
+    /// made of the final snapshots. Drive [`Self::on_written`] until
+    /// [`Self::is_pending`] is false.
+    pub fn final_checkpoint(&mut self) {
+        if self.pending.is_some() {
+            // Its missing acknowledgements are final snapshots, on their way.
+            return;
+        }
+        let dir = self.config.store.checkpoint_dir(self.next_id);
+        self.trigger(BarrierKind::Checkpoint, dir, None);
+    }
+
+    fn abort(&mut self, reason: String) {
+        let Some(p) = self.pending.take() else { return };
+        tracing::warn!(job = %self.config.job, checkpoint = p.id, %reason, "checkpoint aborted");
+        self.counts.aborted += 1;
+        let _ = std::fs::remove_dir_all(&*p.dir);
+        if let Some(reply) = p.reply {
+            let _ = reply.send(Err(CheckpointError::Aborted { id: p.id, reason }));
+        }
+    }
+
+    /// Gives up the pending checkpoint (the run is ending without it).
+    pub fn abandon(&mut self, reason: &str) {
+        self.abort(reason.to_owned());
+        for r in self.queued.drain(..) {
+            let _ = r.reply.send(Err(CheckpointError::NotRunning));
+        }
+    }
+
+    fn complete(&mut self) {
+        let p = self
+            .pending
+            .take()
+            .expect("complete() has a pending checkpoint");
+        let finished = p.acks.iter().flatten().all(|(s, _)| s.finished);
+        let mut tasks = Vec::new();
+        let mut files = Vec::new();
+        for (snapshot, file) in p.acks.into_iter().flatten() {
+            tasks.push(snapshot);
+            files.extend(file);
+        }
+        let manifest = Manifest {
+            format: super::manifest::FORMAT_VERSION,
+            job: self.config.job.clone(),
+            checkpoint: p.id,
+            kind: match p.kind {
+                BarrierKind::Checkpoint => ManifestKind::Checkpoint,
+                BarrierKind::Savepoint { .. } => ManifestKind::Savepoint,
+            },
+            finished,
+            created_ms: now_millis(),
+            max_parallelism: self.config.max_parallelism,
+            source_splits: self.config.source_splits,
+            modules: self.config.modules.clone(),
+            tasks,
+            files,
+        };
+        if let Err(e) = write_manifest(&p.dir, &manifest) {
+            self.pending = None;
+            self.counts.aborted += 1;
+            tracing::warn!(job = %self.config.job, checkpoint = p.id, error = %e, "checkpoint aborted");
+            let _ = std::fs::remove_dir_all(&*p.dir);
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Err(e));
+            }
+            return;
+        }
+        let took = p.started.elapsed();
+        self.counts.completed += 1;
+        self.counts.last_completed = Some(p.id);
+        self.counts.last_duration = Some(took);
+        tracing::info!(job = %self.config.job, checkpoint = p.id, ms = took.as_millis() as u64,
+            finished, "checkpoint complete");
+        for part in manifest
+            .tasks
+            .iter()
+            .flat_map(|t| &t.sinks)
+            .flat_map(|s| &s.pending)
+        {
+            if let Err(e) = commit_part(part) {
+                tracing::error!(job = %self.config.job, checkpoint = p.id, error = %e, "commit failed");
+            }
+        }
+        for sink in &self.sinks {
+            sink.mark_committed(p.id);
+        }
+        if p.kind == BarrierKind::Checkpoint
+            && let Err(e) = self.config.store.prune(self.config.retain)
+        {
+            tracing::warn!(job = %self.config.job, error = %e, "cannot delete old checkpoints");
+        }
+        if let Some(reply) = p.reply {
+            let _ = reply.send(Ok((*p.dir).clone()));
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Where checkpoints live, and reading one back.
+//!
+//! Layout: `<dir>/<job>/chk-<id>/` per checkpoint, with its state files and
+//! `manifest.json`. A folder without a manifest is a checkpoint that never
+//! completed and is deleted when a job starts. Every file is written with
+//! fsync; the manifest goes to a temporary name first and is renamed into
+//! place, so it is either absent or whole.
+//!
+//! Loading verifies the format version and the size and SHA-256 of every
+//! file before anything is restored; [`CheckpointStore::latest_usable`]
+//! falls back to the previous complete checkpoint when the newest is
+//! corrupt, and reports what it skipped and why.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::manifest::{FORMAT_VERSION, FileEntry, MANIFEST, Manifest, STATE_FILE_MAGIC};
+use super::{CheckpointError, CheckpointId, io_error};
+use crate::connectors::{RestoredSplits, SplitPosition};
+use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError};
+use crate::state::snapshot::decode;
+
+/// The checkpoints of one job.
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    root: PathBuf,
+}
+
+/// Writes `bytes` to `dir/name` durably; returns its manifest entry.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<FileEntry, CheckpointError> {
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).map_err(io_error(&path))?;
+    file.write_all(bytes).map_err(io_error(&path))?;
+    file.sync_all().map_err(io_error(&path))?;
+    Ok(FileEntry {
+        name: name.to_owned(),
+        size: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(bytes)),
+    })
+}
+
+/// Writes the manifest last and atomically: the checkpoint is complete once
+/// this returns.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), CheckpointError> {
+    let json = serde_json::to_vec_pretty(manifest).expect("manifests serialize");
+    let tmp = dir.join(format!("{MANIFEST}.tmp"));
+    let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    file.write_all(&json).map_err(io_error(&tmp))?;
+    file.sync_all().map_err(io_error(&tmp))?;
+    let path = dir.join(MANIFEST);
+    std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+    // The rename is durable only once the folder is synced.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl CheckpointStore {
+    pub fn new(dir: &Path, job: &str) -> Self {
+        CheckpointStore {
+            root: dir.join(job),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn checkpoint_dir(&self, id: CheckpointId) -> PathBuf {
+        self.root.join(format!("chk-{id:010}"))
+    }
+
+    /// Ids of checkpoint folders, ascending, with whether each is complete.
+    fn ids(&self) -> Result<Vec<(CheckpointId, bool)>, CheckpointError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(CheckpointError::Io {
+                    path: self.root.clone(),
+                    source,
+                });
+            }
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error(&self.root))?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("chk-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            ids.push((id, entry.path().join(MANIFEST).is_file()));
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The id the next checkpoint takes: above every id ever used here.
+    pub fn next_id(&self) -> Result<CheckpointId, CheckpointError> {
+        Ok(self.ids()?.last().map_or(1, |(id, _)| id + 1))
+    }
+
+    /// Ids of complete checkpoints, ascending.
+    pub fn complete(&self) -> Result<Vec<CheckpointId>, CheckpointError> {
+        Ok(self
+            .ids()?
+            .into_iter()
+            .filter(|(_, complete)| *complete)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Creates the folder of a new checkpoint.
+    pub fn begin(&self, id: CheckpointId) -> Result<PathBuf, CheckpointError> {
+        let dir = self.checkpoint_dir(id);
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        Ok(dir)
+    }
+
+    pub fn discard(&self, id: CheckpointId) {
+        let _ = std::fs::remove_dir_all(self.checkpoint_dir(id));
+    }
+
+    /// Deletes folders of checkpoints that never completed.
+    pub fn remove_incomplete(&self) -> Result<(), CheckpointError> {
+        for (id, complete) in self.ids()? {
+            if !complete {
+                self.discard(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the newest `retain` complete checkpoints, deletes the rest.
+    pub fn prune(&self, retain: usize) -> Result<(), CheckpointError> {
+        let complete = self.complete()?;
+        for id in complete.iter().rev().skip(retain) {
+            self.discard(*id);
+        }
+        Ok(())
+    }
+
+    /// The newest complete checkpoint that verifies, and the newer ones
+    /// skipped with the reason.
+    pub fn latest_usable(
+        &self,
+    ) -> Result<(Option<LoadedCheckpoint>, Vec<CheckpointError>), CheckpointError> {
+        let mut skipped = Vec::new();
+        for id in self.complete()?.into_iter().rev() {
+            match LoadedCheckpoint::load(&self.checkpoint_dir(id)) {
+                Ok(c) => return Ok((Some(c), skipped)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a checkpoint that does not verify");
+                    skipped.push(e);
+                }
+            }
+        }
+        Ok((None, skipped))
+    }
+}
+
+/// A verified checkpoint or savepoint, its files in memory.
+#[derive(Debug)]
+pub struct LoadedCheckpoint {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    files: HashMap<String, Vec<u8>>,
+}
+
+impl LoadedCheckpoint {
+    /// Reads and verifies a checkpoint or savepoint folder.
+    pub fn load(dir: &Path) -> Result<Self, CheckpointError> {
+        let corrupt = |problem: String| CheckpointError::Corrupt {
+            path: dir.to_owned(),
+            problem,
+        };
+        let manifest_path = dir.join(MANIFEST);
+        let json = std::fs::read(&manifest_path)
+            .map_err(|e| corrupt(format!("cannot read {MANIFEST}: {e}")))?;
+        let manifest: Manifest = serde_json::from_slice(&json)
+            .map_err(|e| corrupt(format!("{MANIFEST} does not parse: {e}")))?;
+        if manifest.format != FORMAT_VERSION {
+            return Err(CheckpointError::Incompatible {
+                path: dir.to_owned(),
+                problem: format!(
+                    "format version {} (this build reads {FORMAT_VERSION})",
+                    manifest.format
+                ),
+            });
+        }
+        let mut files = HashMap::new();
+        for entry in &manifest.files {
+            if entry.name.contains('/') || entry.name.contains("..") {
+                return Err(corrupt(format!(
+                    "file name `{}` leaves the folder",
+                    entry.name
+                )));
+            }
+            let bytes = std::fs::read(dir.join(&entry.name))
+                .map_err(|e| corrupt(format!("file `{}`: {e}", entry.name)))?;
+            if bytes.len() as u64 != entry.size {
+                return Err(corrupt(format!(
+                    "file `{}` has {} bytes, the manifest says {} (truncated?)",
+                    entry.name,
+                    bytes.len(),
+                    entry.size
+                )));
+            }
+            if hex::encode(Sha256::digest(&bytes)) != entry.sha256 {
+                return Err(corrupt(format!(
+                    "file `{}` does not match its checksum",
+                    entry.name
+                )));
+            }
+            if !bytes.starts_with(STATE_FILE_MAGIC) {
+                return Err(corrupt(format!(
+                    "file `{}` is not a state file",
+                    entry.name
+                )));
+            }
+            files.insert(entry.name.clone(), bytes);
+        }
+        for task in &manifest.tasks {
+            if let Some(state) = &task.state {
+                let Some(bytes) = files.get(&state.file) else {
+                    return Err(corrupt(format!(
+                        "task {}/{} names state file `{}`, which the manifest does not list",
+                        task.group, task.instance, state.file
+                    )));
+                };
+                for op in &state.operators {
+                    for [_, offset, len] in &op.sections {
+                        if offset
+                            .checked_add(*len)
+                            .is_none_or(|end| end > bytes.len() as u64)
+                        {
+                            return Err(corrupt(format!(
+                                "a section of `{}` lies outside file `{}`",
+                                op.operator, state.file
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(LoadedCheckpoint {
+            dir: dir.to_owned(),
+            manifest,
+            files,
+        })
+    }
+
+    pub fn id(&self) -> CheckpointId {
+        self.manifest.checkpoint
+    }
+
+    /// The splits instance `instance` of `parallelism` reads on resuming.
+    pub fn source_splits(&self, instance: u32, parallelism: u32) -> RestoredSplits {
+        let positions: Vec<SplitPosition> = self
+            .manifest
+            .tasks
+            .iter()
+            .filter_map(|t| t.source.as_ref())
+            .flat_map(|s| s.positions.iter())
+            .filter(|p| p.split % parallelism == instance)
+            .cloned()
+            .collect();
+        RestoredSplits {
+            split_count: self.manifest.source_splits,
+            positions,
+        }
+    }
+
+    /// Where the sources' watermark generators resume: the lowest of the
+    /// saved ones, so no instance's watermark runs ahead of its records.
+    pub fn source_max_timestamp(&self) -> i64 {
+        self.manifest
+            .tasks
+            .iter()
+            .filter_map(|t| t.source.as_ref())
+            .map(|s| s.max_timestamp)
+            .filter(|&t| t != i64::MIN)
+            .min()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// The watermark a task running `operators` resumes at: the lowest
+    /// saved watermark of any instance of any of them.
+    pub fn watermark_for(&self, operators: &[String]) -> i64 {
+        self.manifest
+            .tasks
+            .iter()
+            .filter(|t| t.operators.iter().any(|o| operators.contains(o)))
+            .map(|t| t.watermark)
+            .min()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// Every part a sink had pre-committed.
+    pub fn sink_pending(&self, sink: &str) -> Vec<PathBuf> {
+        let mut parts: Vec<PathBuf> = self
+            .manifest
+            .tasks
+            .iter()
+            .flat_map(|t| t.sinks.iter())
+            .filter(|s| s.sink == sink)
+            .flat_map(|s| s.pending.iter().cloned())
+            .collect();
+        parts.sort();
+        parts.dedup();
+        parts
+    }
+
+    /// Every pre-committed part of every sink.
+    pub fn all_pending(&self) -> Vec<PathBuf> {
+        let mut parts: Vec<PathBuf> = self
+            .manifest
+            .tasks
+            .iter()
+            .flat_map(|t| t.sinks.iter())
+            .flat_map(|s| s.pending.iter().cloned())
+            .collect();
+        parts.sort();
+        parts.dedup();
+        parts
+    }
+
+    /// Feeds operator `info.operator`'s state for `info.key_groups`, from
+    /// whichever old instances held it, into `op`.
+    pub fn restore_operator(
+        &self,
+        info: &InstanceInfo,
+        op: &mut dyn Operator,
+    ) -> Result<u64, OperatorError> {
+        let owned = info.key_groups.clone();
+        let mut entries = 0u64;
+        for task in &self.manifest.tasks {
+            let Some(state) = &task.state else { continue };
+            let bytes = &self.files[&state.file];
+            for sections in state
+                .operators
+                .iter()
+                .filter(|o| o.operator == info.operator)
+            {
+                for &[kg, offset, len] in &sections.sections {
+                    let kg = kg as u32;
+                    if !owned.contains(&kg) {
+                        continue;
+                    }
+                    let section = &bytes[offset as usize..(offset + len) as usize];
+                    decode::<OperatorError>(section, &mut |entry| {
+                        entries += 1;
+                        op.restore(kg, entry)
+                    })
+                    .map_err(|e| {
+                        if e.operator.is_empty() {
+                            // A decoding error: name the operator and checkpoint.
+                            OperatorError::new(
+                                info,
+                                FailureKind::Restore(format!(
+                                    "{} (in {})",
+                                    e.kind,
+                                    self.dir.display()
+                                )),
+                            )
+                        } else {
+                            e
+                        }
+                    })?;
+                }
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// Decoding errors surface without an operator; `restore_operator` names it.
+impl From<crate::state::snapshot::SnapshotError> for OperatorError {
+    fn from(e: crate::state::snapshot::SnapshotError) -> Self {
+        OperatorError {
+            job: String::new(),
+            operator: String::new(),
+            instance: 0,
+            kind: e.into(),
+        }
+    }
+}
