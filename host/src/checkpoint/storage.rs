@@ -205,7 +205,7 @@ impl LoadedCheckpoint {
                 )));
             }
             let bytes = std::fs::read(dir.join(&entry.name))
-                .map_err(|e| corrupt(format!("file `{}`: {e}", entry.name)))?;
+                .map_err(|e| corrupt(format!("cannot read file `{}`: {e}", entry.name)))?;
             if bytes.len() as u64 != entry.size {
                 return Err(corrupt(format!(
                     "file `{}` has {} bytes, the manifest says {} (truncated?)",

@@ -1,0 +1,476 @@
+//! Checkpoints, recovery and savepoints: output is exactly once across
+//! task failures, SIGKILLs of the process and rescaling; a corrupt
+//! checkpoint is skipped in favour of the previous one, with the reason.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use weir::checkpoint::CheckpointStore;
+use weir::connectors::{
+    ConnectorError, Poll, Source, SourceAssignment, SplitPosition, build_source,
+};
+use weir::graph::JobSpec;
+use weir::runtime::{RecordBatch, RestoreFrom, StartOptions};
+
+use crate::support::{TempDir, env, examples_dir};
+
+/// The committed lines of a directory sink, sorted; fails on a leftover
+/// in-progress part.
+fn committed_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("sink folder exists") {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(
+            !name.ends_with(".inprogress"),
+            "in-progress part left behind: {name}"
+        );
+        if name.starts_with("part-") {
+            lines.extend(
+                std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// Per key: the counts and the event times keyed-count emitted, sorted.
+type KeyedOutput = std::collections::BTreeMap<u64, (Vec<u64>, Vec<i64>)>;
+
+fn keyed_output(lines: &[String]) -> KeyedOutput {
+    let mut m = KeyedOutput::new();
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("sink lines are JSON");
+        let e = m.entry(v["key"].as_u64().unwrap()).or_default();
+        e.0.push(v["value"].as_u64().unwrap());
+        e.1.push(v["timestamp"].as_i64().unwrap());
+    }
+    for (counts, times) in m.values_mut() {
+        counts.sort_unstable();
+        times.sort_unstable();
+    }
+    m
+}
+
+/// What keyed-count emits for generator events `0..events` over `keys` keys
+/// (event `i` at `i` ms): each key counts 1..n, one output per event of the
+/// key. (Which count an event gets depends on how the parallel sources
+/// interleave, so counts and times are compared as sets per key.)
+fn expected_counts(events: u64, keys: u64) -> KeyedOutput {
+    let mut m = KeyedOutput::new();
+    for i in 0..events {
+        let e = m.entry(i % keys).or_default();
+        e.0.push(e.0.len() as u64 + 1);
+        e.1.push(i as i64);
+    }
+    m
+}
+
+/// Compares without printing millions of lines on a mismatch.
+fn assert_same_output(actual: &KeyedOutput, expected: &KeyedOutput, context: &str) {
+    assert_eq!(actual.len(), expected.len(), "{context}: number of keys");
+    for (key, want) in expected {
+        let got = &actual[key];
+        assert!(
+            got == want,
+            "{context}: key {key}: {} outputs, want {}; first counts {:?}",
+            got.0.len(),
+            want.0.len(),
+            &got.0[..got.0.len().min(10)]
+        );
+    }
+}
+
+/// Reads the generator's events, slowly enough for checkpoints to happen,
+/// and fails once (an I/O error) when the job first reaches `fail_at`.
+struct FailingOnce {
+    inner: Box<dyn Source>,
+    taken: u64,
+    fail_at: u64,
+    failed: Arc<AtomicBool>,
+}
+
+impl Source for FailingOnce {
+    fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
+        if self.taken >= self.fail_at && !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(ConnectorError::Io {
+                path: "flaky-disk".into(),
+                source: std::io::Error::other("injected read failure"),
+            });
+        }
+        std::thread::sleep(Duration::from_micros(500));
+        let before = out.len();
+        let poll = self.inner.poll(out, max)?;
+        self.taken += (out.len() - before) as u64;
+        Ok(poll)
+    }
+
+    fn positions(&self) -> Option<Vec<SplitPosition>> {
+        self.inner.positions()
+    }
+}
+
+#[test]
+fn a_failed_task_restarts_from_the_last_checkpoint_with_exactly_once_output() {
+    let tmp = TempDir::new("restart");
+    let out = tmp.path("out");
+    let (events, keys) = (120_000, 101);
+    let spec = JobSpec::parse(&format!(
+        "name: restart\nparallelism: 2\n\
+         source: {{type: embedded}}\n\
+         operators: [{{name: count, module: keyed-count, input: key}}]\n\
+         sink: {{type: directory, path: {}, format: {{key: u64, value: u64}}}}\n\
+         checkpoint: {{interval: 40ms, dir: {}}}\n\
+         restart: {{strategy: fixed-delay, attempts: 2, delay: 10ms}}\n",
+        out.display(),
+        tmp.path("checkpoints").display()
+    ))
+    .unwrap();
+    let generator = JobSpec::parse(&format!(
+        "name: g\nsource: {{type: generator, events: {events}, keys: {keys}}}\n\
+         operators: [{{name: p, native: passthrough}}]\nsink: {{type: discard}}\n"
+    ))
+    .unwrap()
+    .source;
+    let failed = Arc::new(AtomicBool::new(false));
+    let mut job_env = env();
+    let flag = failed.clone();
+    job_env.embedded_source = Some(Arc::new(move |assignment: &SourceAssignment| {
+        Box::new(FailingOnce {
+            inner: build_source(&generator, assignment).unwrap(),
+            taken: 0,
+            fail_at: if assignment.instance == 0 {
+                30_000
+            } else {
+                u64::MAX
+            },
+            failed: flag.clone(),
+        }) as Box<dyn Source>
+    }));
+    let report = weir::runtime::run(&spec, &job_env).expect("the job recovers");
+    assert!(failed.load(Ordering::SeqCst), "the failure was injected");
+    assert_eq!(report.restarts, 1);
+    assert!(
+        report.restored_from.is_some(),
+        "a checkpoint completed before the failure"
+    );
+    assert_same_output(
+        &keyed_output(&committed_lines(&out)),
+        &expected_counts(events, keys),
+        "after a restart",
+    );
+}
+
+#[test]
+fn a_failure_beyond_the_restart_attempts_fails_the_job_with_its_cause() {
+    let tmp = TempDir::new("no-restart");
+    let input = tmp.path("in.txt");
+    std::fs::write(&input, "fine\nboom\n").unwrap();
+    let spec = JobSpec::parse(&format!(
+        "name: trap\nsource: {{type: file, path: {}, format: lines}}\n\
+         operators: [{{name: boom, module: trap}}]\n\
+         sink: {{type: discard}}\n\
+         checkpoint: {{interval: 1s, dir: {}}}\n\
+         restart: {{strategy: fixed-delay, attempts: 2, delay: 1ms}}\n",
+        input.display(),
+        tmp.path("checkpoints").display()
+    ))
+    .unwrap();
+    let err = weir::runtime::run(&spec, &env()).unwrap_err().to_string();
+    assert!(err.contains("boom"), "{err}");
+    assert!(err.contains("trapped"), "{err}");
+}
+
+/// Runs `weir run` on a spec, killing it with SIGKILL `kills` times at
+/// random moments, then lets it finish.
+fn run_with_kills(spec: &Path, kills: usize, seed: u64) {
+    let weir = env!("CARGO_BIN_EXE_weir");
+    let mut rng = seed;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let start = || {
+        std::process::Command::new(weir)
+            .arg("run")
+            .arg(spec)
+            .arg("--module-dir")
+            .arg(examples_dir())
+            .env("WEIR_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("weir starts")
+    };
+    for kill in 0..kills {
+        let mut child = start();
+        let wait = Duration::from_millis(700 + next() % 1800);
+        std::thread::sleep(wait);
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before kill {kill} (seed {seed}); make it longer"
+        );
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+    }
+    let mut child = start();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "the last run failed: {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the last run did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killing_the_process_repeatedly_loses_and_duplicates_nothing() {
+    let tmp = TempDir::new("chaos");
+    let out = tmp.path("out");
+    let (events, keys) = (2_000_000, 997);
+    let spec = tmp.path("job.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: chaos\nparallelism: 2\n\
+             source: {{type: generator, events: {events}, keys: {keys}, rate: 90000}}\n\
+             operators: [{{name: count, module: keyed-count, input: key}}]\n\
+             sink: {{type: directory, path: {}, format: {{key: u64, value: u64}}}}\n\
+             checkpoint: {{interval: 300ms, dir: {}}}\n",
+            out.display(),
+            tmp.path("checkpoints").display()
+        ),
+    )
+    .unwrap();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    run_with_kills(&spec, 5, seed);
+    assert_same_output(
+        &keyed_output(&committed_lines(&out)),
+        &expected_counts(events, keys),
+        &format!("after 5 kills (seed {seed})"),
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn state_file(checkpoint: &Path) -> PathBuf {
+    std::fs::read_dir(checkpoint)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "state"))
+        .expect("the checkpoint has a state file")
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_skipped_for_the_previous_one_with_the_reason() {
+    let tmp = TempDir::new("corrupt");
+    let checkpoints = tmp.path("checkpoints");
+    let (events, keys) = (60_000, 50);
+    let spec_for = |out: &Path, dir: &Path| {
+        JobSpec::parse(&format!(
+            "name: corrupt\n\
+             source: {{type: generator, events: {events}, keys: {keys}, rate: 60000}}\n\
+             operators: [{{name: count, native: keyed-count, input: key}}]\n\
+             sink: {{type: file, path: {}, format: {{key: u64, value: u64}}}}\n\
+             checkpoint: {{interval: 30ms, dir: {}, retain: 10}}\n",
+            out.display(),
+            dir.display()
+        ))
+        .unwrap()
+    };
+    // Run until a few checkpoints exist, then cancel.
+    let handle = weir::runtime::start(
+        &spec_for(&tmp.path("first.jsonl"), &checkpoints),
+        &env(),
+        StartOptions::default(),
+    )
+    .unwrap();
+    let store = CheckpointStore::new(&checkpoints, "corrupt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.complete().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "no checkpoints were taken");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    handle.cancel();
+    assert!(handle.wait().is_err(), "a cancelled job reports it");
+
+    let ids = store.complete().unwrap();
+    let (newest, previous) = (ids[ids.len() - 1], ids[ids.len() - 2]);
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage, &str); 3] = [
+        (
+            "truncated",
+            |p| {
+                let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                let len = f.metadata().unwrap().len();
+                f.set_len(len / 2).unwrap();
+            },
+            "truncated",
+        ),
+        (
+            "flipped",
+            |p| {
+                let mut b = std::fs::read(p).unwrap();
+                let i = b.len() - 3;
+                b[i] ^= 0x40;
+                std::fs::write(p, b).unwrap();
+            },
+            "checksum",
+        ),
+        (
+            "missing",
+            |p| std::fs::remove_file(p).unwrap(),
+            "cannot read",
+        ),
+    ];
+    for (name, damage, reason) in damages {
+        let copy = tmp.path(&format!("copy-{name}"));
+        copy_dir(&checkpoints, &copy);
+        let copied = CheckpointStore::new(&copy, "corrupt");
+        damage(&state_file(&copied.checkpoint_dir(newest)));
+        let (usable, skipped) = copied.latest_usable().unwrap();
+        assert_eq!(
+            usable.expect("a usable checkpoint").id(),
+            previous,
+            "{name}"
+        );
+        assert_eq!(skipped.len(), 1, "{name}");
+        let why = skipped[0].to_string();
+        assert!(
+            why.contains(reason) && why.contains(".state"),
+            "{name}: {why}"
+        );
+
+        // Resuming takes the previous checkpoint and completes the counts.
+        let out = tmp.path(&format!("{name}.jsonl"));
+        std::fs::copy(tmp.path("first.jsonl"), &out).unwrap();
+        let report = weir::runtime::start(&spec_for(&out, &copy), &env(), StartOptions::default())
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(report.restored_from, Some(copied.checkpoint_dir(previous)));
+        // A file sink is at least once: the records after the checkpoint
+        // are written again. Every key still counts each event once: its
+        // highest count is its number of events.
+        let lines: Vec<String> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let output = keyed_output(&lines);
+        for (key, (want, _)) in expected_counts(events, keys) {
+            let (got, _) = &output[&key];
+            assert_eq!(got.last(), want.last(), "{name}: key {key}");
+            let mut distinct = got.clone();
+            distinct.dedup();
+            assert_eq!(distinct, want, "{name}: key {key}");
+        }
+    }
+}
+
+fn window_spec(parallelism: u32, out: &Path, checkpoints: &Path, rate: Option<u64>) -> JobSpec {
+    let rate = rate.map(|r| format!(", rate: {r}")).unwrap_or_default();
+    JobSpec::parse(&format!(
+        "name: windows\nparallelism: {parallelism}\n\
+         source: {{type: generator, events: 200000, keys: 40{rate},\n\
+                   watermark: {{max_out_of_orderness: 20s}}}}\n\
+         operators:\n\
+           - {{name: count, module: window-count, input: key,\n\
+               window: {{type: tumbling, size: 50ms}}}}\n\
+         sink: {{type: directory, path: {}, format: {{key: u64, value: u64}}}}\n\
+         checkpoint: {{interval: 100ms, dir: {}}}\n",
+        out.display(),
+        checkpoints.display()
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_savepoint_at_parallelism_2_resumes_at_3_and_at_1_with_the_uninterrupted_result() {
+    let tmp = TempDir::new("rescale");
+    let reference = tmp.path("reference");
+    let report = weir::runtime::run(
+        &window_spec(2, &reference, &tmp.path("ck-ref"), None),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(report.late_records, 0);
+    let expected = committed_lines(&reference);
+    assert!(!expected.is_empty());
+
+    // Stop with a savepoint part way through.
+    let first = tmp.path("first");
+    let handle = weir::runtime::start(
+        &window_spec(2, &first, &tmp.path("ck-first"), Some(100_000)),
+        &env(),
+        StartOptions::default(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handle.records_processed() < 60_000 {
+        assert!(Instant::now() < deadline, "the job makes no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let savepoint = handle
+        .stop_with_savepoint(&tmp.path("savepoints"))
+        .expect("savepoint");
+    let report = handle.wait().unwrap();
+    assert_eq!(report.stopped_with_savepoint.as_ref(), Some(&savepoint));
+    assert!(report.records_in < 200_000, "stopped before the end");
+    let before = committed_lines(&first);
+    assert!(before.len() < expected.len());
+
+    for parallelism in [3, 1] {
+        let out = tmp.path(&format!("resumed-{parallelism}"));
+        copy_dir(&first, &out);
+        let report = weir::runtime::start(
+            &window_spec(
+                parallelism,
+                &out,
+                &tmp.path(&format!("ck-{parallelism}")),
+                None,
+            ),
+            &env(),
+            StartOptions {
+                restore: RestoreFrom::Savepoint(savepoint.clone()),
+            },
+        )
+        .unwrap()
+        .wait()
+        .unwrap();
+        assert_eq!(report.restored_from.as_ref(), Some(&savepoint));
+        assert_eq!(report.late_records, 0);
+        assert!(
+            committed_lines(&out) == expected,
+            "resumed at {parallelism}: output differs from the uninterrupted run"
+        );
+    }
+}
