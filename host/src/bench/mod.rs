@@ -5,14 +5,19 @@
 //!
 //! Each measured figure is the median of `runs` runs after one warm-up run.
 //! The output's last line is one JSON object.
+//!
+//! With `--checkpoint-interval`, the Wasm workload also runs with
+//! checkpoints every interval (to a temporary folder), in the same process
+//! after the runs without, and `checkpoint_vs_none` is the ratio of their
+//! throughput.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::graph::spec::JobSpec;
-use crate::runtime::{JobEnv, JobError, JobReport};
+use crate::graph::spec::{CheckpointSpec, JobSpec};
+use crate::runtime::{JobEnv, JobError, JobReport, RestoreFrom, StartOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
@@ -54,7 +59,19 @@ pub struct BenchResult {
     pub native_events_per_sec: Option<f64>,
     pub native_cpu_seconds: Option<f64>,
     pub wasm_vs_native: Option<f64>,
+    /// With checkpoints: the Wasm workload's events/s with them, and the
+    /// ratio to the same workload without.
+    pub checkpointed_events_per_sec: Option<f64>,
+    pub checkpoint_vs_none: Option<f64>,
+    pub checkpoints_completed: Option<u64>,
     pub output_ok: bool,
+}
+
+/// Which variant of a workload a run measures.
+#[derive(Clone, Copy)]
+struct Variant {
+    native: bool,
+    checkpoint_interval: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +187,7 @@ struct Measured {
     seconds: f64,
     cpu_seconds: f64,
     p99: Option<Duration>,
+    checkpoints: u64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -177,13 +195,39 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Runs a spec from the start (never resuming an earlier run's checkpoint).
+fn run_fresh(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
+    if let Some(c) = &spec.checkpoint {
+        let _ = std::fs::remove_dir_all(&c.dir);
+    }
+    let report = crate::runtime::start(
+        spec,
+        env,
+        StartOptions {
+            restore: RestoreFrom::Fresh,
+        },
+    )?
+    .wait();
+    if let Some(c) = &spec.checkpoint {
+        let _ = std::fs::remove_dir_all(&c.dir);
+    }
+    report
+}
+
 fn measure(
     workload: Workload,
     o: &BenchOptions,
     env: &JobEnv,
-    native: bool,
+    variant: Variant,
 ) -> Result<Vec<Measured>, BenchError> {
-    let spec = workload.spec(o, native);
+    let native = variant.native;
+    let mut spec = workload.spec(o, native);
+    spec.checkpoint = variant.checkpoint_interval.map(|interval| CheckpointSpec {
+        interval,
+        dir: std::env::temp_dir().join(format!("weir-bench-{}", std::process::id())),
+        retain: 2,
+        timeout: Duration::from_secs(600),
+    });
     let warmup = JobSpec {
         source: match &spec.source {
             crate::graph::spec::SourceSpec::Generator(_) => {
@@ -201,11 +245,11 @@ fn measure(
         },
         ..spec.clone()
     };
-    crate::runtime::run(&warmup, env)?;
+    run_fresh(&warmup, env)?;
     let mut out = Vec::new();
     for _ in 0..o.runs.max(1) {
         let cpu0 = cpu_seconds();
-        let report = crate::runtime::run(&spec, env)?;
+        let report = run_fresh(&spec, env)?;
         let cpu = cpu_seconds() - cpu0;
         workload
             .check(o.events, &report)
@@ -221,6 +265,7 @@ fn measure(
             seconds: report.elapsed.as_secs_f64(),
             cpu_seconds: cpu,
             p99: report.latency.quantile(0.99),
+            checkpoints: report.checkpoints.completed,
         });
     }
     Ok(out)
@@ -233,17 +278,40 @@ pub fn run(o: &BenchOptions, env: &JobEnv) -> Result<BenchResult, BenchError> {
             o.state
         )));
     }
-    if o.checkpoint_interval_ms != 0 {
-        return Err(BenchError::Unsupported(
-            "checkpoints are not available in this build; use --checkpoint-interval 0".into(),
-        ));
-    }
-    let wasm = measure(o.workload, o, env, false)?;
+    let plain = Variant {
+        native: false,
+        checkpoint_interval: None,
+    };
+    let wasm = measure(o.workload, o, env, plain)?;
     let native = if o.workload.has_native() {
-        Some(measure(o.workload, o, env, true)?)
+        Some(measure(
+            o.workload,
+            o,
+            env,
+            Variant {
+                native: true,
+                ..plain
+            },
+        )?)
     } else {
         None
     };
+    let checkpointed = if o.checkpoint_interval_ms > 0 {
+        Some(measure(
+            o.workload,
+            o,
+            env,
+            Variant {
+                checkpoint_interval: Some(Duration::from_millis(o.checkpoint_interval_ms)),
+                ..plain
+            },
+        )?)
+    } else {
+        None
+    };
+    let checkpointed_eps = checkpointed
+        .as_ref()
+        .map(|c| o.events as f64 / median(c.iter().map(|m| m.seconds).collect()));
     let seconds = median(wasm.iter().map(|m| m.seconds).collect());
     let cpu = median(wasm.iter().map(|m| m.cpu_seconds).collect());
     let p99 = median(
@@ -275,6 +343,11 @@ pub fn run(o: &BenchOptions, env: &JobEnv) -> Result<BenchResult, BenchError> {
         native_events_per_sec: native_eps,
         native_cpu_seconds: native_cpu,
         wasm_vs_native: native_eps.map(|n| eps / n),
+        checkpointed_events_per_sec: checkpointed_eps,
+        checkpoint_vs_none: checkpointed_eps.map(|c| c / eps),
+        checkpoints_completed: checkpointed
+            .as_ref()
+            .map(|c| median(c.iter().map(|m| m.checkpoints as f64).collect()) as u64),
         output_ok: true,
     })
 }
