@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: builds the example operators and the host, then runs three jobs
-# in-process on the embedded defaults (memory state) and shows their results.
+# The demo: builds the example operators and the host, then runs the example
+# jobs in-process on the embedded defaults (memory state, checkpoints to a
+# local folder) and shows their results.
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 build_guests
@@ -16,11 +17,24 @@ echo
 echo "== fraud-detector: keyed state + event-time timers over JSON transactions"
 "$WEIR" run examples/fraud-detector/job.yaml
 echo
-echo "== clicks-per-window: 10 s tumbling event-time windows per user, late clicks to a side output"
-"$WEIR" run examples/clicks-per-window/job.yaml
+echo "== clicks-per-window: 10 s tumbling event-time windows per user, late clicks to a side output, checkpointed"
+WEIR_LOG=info "$WEIR" run --fresh examples/clicks-per-window/job.yaml 2> >(grep -E "checkpoint complete" >&2)
 echo
 echo "== keyed-count: 40 generated events over 4 keys at parallelism 2"
 "$WEIR" run examples/keyed-count/job.yaml | tail -n 4
+echo
+echo "== exactly once across kill -9: keyed-count, 600k events, checkpoints every 500 ms"
+EO=examples/keyed-count/exactly-once.yaml
+rm -rf examples/keyed-count/weir-data
+"$WEIR" run "$EO" 2>/dev/null &
+sleep 2.5
+kill -9 $! 2>/dev/null || true
+wait $! 2>/dev/null || true
+echo "killed the job with SIGKILL after 2.5 s; running it again:"
+"$WEIR" run "$EO" 2>&1 | grep -E "resumed from|checkpoints:|job finished" || true
+OUT=examples/keyed-count/weir-data/out
+echo "committed records: $(cat "$OUT"/part-* | wc -l) (expected 600000)," \
+  "duplicated (key, count) pairs: $(cat "$OUT"/part-* | awk -F'[:,]' '{print $2","$4}' | sort | uniq -d | wc -l) (expected 0)"
 echo
 echo "== benchmark: keyed-count, 2M events, Wasm vs the same logic native"
 "$WEIR" bench keyed-count --events 2000000 --runs 1 | tail -n 1

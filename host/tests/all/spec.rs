@@ -9,7 +9,7 @@ fn every_example_spec_is_valid() {
     let examples = repo_root().join("examples");
     let mut seen = 0;
     for entry in walk(&examples) {
-        if entry.file_name().is_some_and(|n| n == "job.yaml") {
+        if entry.extension().is_some_and(|e| e == "yaml") {
             JobSpec::load(&entry).unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
             seen += 1;
         }
