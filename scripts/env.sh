@@ -16,3 +16,27 @@ build_guests() {
   cargo build --release --quiet --target wasm32-wasip2 \
     --manifest-path examples/Cargo.toml --target-dir "$WEIR_GUEST_TARGET_DIR"
 }
+
+# Installs Debian packages when they are missing (as root, or through sudo).
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# Servers the tests start: moto, a local S3-compatible server for checkpoints
+# in object storage, in a virtualenv of its own under ~/.cache/weir.
+install_test_tools() {
+  local venv="$HOME/.cache/weir/venv"
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    echo "[weir] installing moto (S3-compatible test server) into $venv" >&2
+    if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 2>/dev/null; then
+      apt_install python3 python3-venv
+    fi
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet 'moto[server]==5.2.1'
+  fi
+  export PATH="$venv/bin:$PATH"
+}

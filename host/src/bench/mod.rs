@@ -225,6 +225,7 @@ fn measure(
     spec.checkpoint = variant.checkpoint_interval.map(|interval| CheckpointSpec {
         interval,
         dir: std::env::temp_dir().join(format!("weir-bench-{}", std::process::id())),
+        local_dir: std::env::temp_dir().join(format!("weir-bench-cache-{}", std::process::id())),
         retain: 2,
         timeout: Duration::from_secs(600),
     });

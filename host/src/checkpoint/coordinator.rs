@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::manifest::{FileEntry, Manifest, ManifestKind, ModuleVersion, TaskSnapshot};
-use super::storage::{CheckpointStore, write_file, write_manifest};
+use super::storage::CheckpointStore;
 use super::{Barrier, BarrierKind, CheckpointError, CheckpointId};
 use crate::connectors::{SinkFactory, commit_part};
 use crate::time::now_millis;
@@ -55,6 +55,7 @@ pub enum Written {
 
 /// Writes snapshots until every sender is gone.
 pub fn spawn_writer(
+    store: CheckpointStore,
     requests: crossbeam_channel::Receiver<WriteRequest>,
     done: impl Fn(Written) + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -63,17 +64,19 @@ pub fn spawn_writer(
         .spawn(move || {
             for r in requests {
                 let file = match (&r.state, &r.snapshot.state) {
-                    (Some(bytes), Some(state)) => match write_file(&r.dir, &state.file, bytes) {
-                        Ok(entry) => Some(entry),
-                        Err(error) => {
-                            done(Written::Failed {
-                                task: r.task,
-                                checkpoint: r.checkpoint,
-                                error,
-                            });
-                            continue;
+                    (Some(bytes), Some(state)) => {
+                        match store.put_file(&r.dir, &state.file, bytes) {
+                            Ok(entry) => Some(entry),
+                            Err(error) => {
+                                done(Written::Failed {
+                                    task: r.task,
+                                    checkpoint: r.checkpoint,
+                                    error,
+                                });
+                                continue;
+                            }
                         }
-                    },
+                    }
                     _ => None,
                 };
                 done(Written::Done {
@@ -417,7 +420,7 @@ impl Coordinator {
             tasks,
             files,
         };
-        if let Err(e) = write_manifest(&p.dir, &manifest) {
+        if let Err(e) = self.config.store.put_manifest(&p.dir, &manifest) {
             self.pending = None;
             self.counts.aborted += 1;
             tracing::warn!(job = %self.config.job, checkpoint = p.id, error = %e, "checkpoint aborted");

@@ -20,6 +20,9 @@
 //!    pre-committed output of sinks is committed, and old checkpoints are
 //!    deleted beyond `retain`.
 //!
+//! Storage is a local folder, or S3-compatible object storage with a local
+//! staging copy ([`remote`]).
+//!
 //! A task that has finished (its input ended) contributes its final
 //! snapshot to every later checkpoint. Invariants: at most one checkpoint is
 //! in flight; only a checkpoint with a manifest whose files all match their
@@ -27,6 +30,7 @@
 
 pub mod coordinator;
 pub mod manifest;
+pub mod remote;
 pub mod storage;
 
 use std::path::PathBuf;
@@ -78,6 +82,8 @@ pub enum CheckpointError {
     Aborted { id: CheckpointId, reason: String },
     #[error("the job is not running")]
     NotRunning,
+    #[error("{url}: {message}")]
+    Remote { url: String, message: String },
 }
 
 pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CheckpointError {

@@ -10,14 +10,21 @@
 //! file before anything is restored; [`CheckpointStore::latest_usable`]
 //! falls back to the previous complete checkpoint when the newest is
 //! corrupt, and reports what it skipped and why.
+//!
+//! With an object store behind it ([`super::remote`]), the local folder is
+//! the staging copy: every file is uploaded after it is written locally,
+//! the manifest last, and the object store is what lists, completes and
+//! restores checkpoints.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use super::manifest::{FORMAT_VERSION, FileEntry, MANIFEST, Manifest, STATE_FILE_MAGIC};
+use super::remote::Remote;
 use super::{CheckpointError, CheckpointId, io_error};
 use crate::connectors::{RestoredSplits, SplitPosition};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError};
@@ -26,7 +33,10 @@ use crate::state::snapshot::decode;
 /// The checkpoints of one job.
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
+    /// The local folder: the checkpoints themselves, or the staging copy of
+    /// the remote ones.
     root: PathBuf,
+    remote: Option<Arc<Remote>>,
 }
 
 /// Writes `bytes` to `dir/name` durably; returns its manifest entry.
@@ -43,8 +53,8 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<FileEntry, Che
 }
 
 /// Writes the manifest last and atomically: the checkpoint is complete once
-/// this returns.
-pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), CheckpointError> {
+/// this returns. Returns the bytes written.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<Vec<u8>, CheckpointError> {
     let json = serde_json::to_vec_pretty(manifest).expect("manifests serialize");
     let tmp = dir.join(format!("{MANIFEST}.tmp"));
     let mut file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
@@ -56,14 +66,77 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), CheckpointE
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
+    Ok(json)
+}
+
+/// True for `s3://...` checkpoint locations.
+pub fn is_remote(dir: &Path) -> bool {
+    dir.to_str().is_some_and(|d| d.starts_with("s3://"))
 }
 
 impl CheckpointStore {
+    /// Checkpoints in a local folder.
     pub fn new(dir: &Path, job: &str) -> Self {
         CheckpointStore {
             root: dir.join(job),
+            remote: None,
         }
+    }
+
+    /// Checkpoints in `dir`, a folder or `s3://bucket/prefix`; remote ones
+    /// are staged in `local_dir`.
+    pub fn open(dir: &Path, local_dir: &Path, job: &str) -> Result<Self, CheckpointError> {
+        if !is_remote(dir) {
+            return Ok(Self::new(dir, job));
+        }
+        let url = dir.to_str().expect("checked by is_remote");
+        Ok(CheckpointStore {
+            root: local_dir.join(job),
+            remote: Some(Arc::new(Remote::new(url, job)?)),
+        })
+    }
+
+    /// Where the checkpoints are, for messages.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url().to_owned(),
+            None => self.root.display().to_string(),
+        }
+    }
+
+    /// `chk-N/name` for a path below the root.
+    fn relative(&self, path: &Path) -> Option<String> {
+        let rel = path.strip_prefix(&self.root).ok()?;
+        Some(
+            rel.components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/"),
+        )
+    }
+
+    /// Writes a checkpoint file durably, and uploads it when the store is
+    /// remote and the folder is one of its checkpoints.
+    pub fn put_file(
+        &self,
+        dir: &Path,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<FileEntry, CheckpointError> {
+        let entry = write_file(dir, name, bytes)?;
+        if let (Some(remote), Some(rel)) = (&self.remote, self.relative(&dir.join(name))) {
+            remote.put(&rel, bytes.to_vec())?;
+        }
+        Ok(entry)
+    }
+
+    /// Writes (and uploads) the manifest: the checkpoint is complete after.
+    pub fn put_manifest(&self, dir: &Path, manifest: &Manifest) -> Result<(), CheckpointError> {
+        let json = write_manifest(dir, manifest)?;
+        if let (Some(remote), Some(rel)) = (&self.remote, self.relative(&dir.join(MANIFEST))) {
+            remote.put(&rel, json)?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -76,6 +149,19 @@ impl CheckpointStore {
 
     /// Ids of checkpoint folders, ascending, with whether each is complete.
     fn ids(&self) -> Result<Vec<(CheckpointId, bool)>, CheckpointError> {
+        if let Some(remote) = &self.remote {
+            let mut ids = Vec::new();
+            for folder in remote.folders()? {
+                if let Some(id) = folder
+                    .strip_prefix("chk-")
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    ids.push((id, remote.exists(&format!("{folder}/{MANIFEST}"))?));
+                }
+            }
+            ids.sort_unstable();
+            return Ok(ids);
+        }
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -127,6 +213,55 @@ impl CheckpointStore {
 
     pub fn discard(&self, id: CheckpointId) {
         let _ = std::fs::remove_dir_all(self.checkpoint_dir(id));
+        if let Some(remote) = &self.remote
+            && let Err(e) = remote.delete_folder(&format!("chk-{id:010}"))
+        {
+            tracing::warn!(error = %e, "cannot delete an old checkpoint");
+        }
+    }
+
+    /// Loads checkpoint `id`: the local copy if it verifies (local
+    /// recovery), else the remote one, downloaded into the local folder.
+    pub fn load(&self, id: CheckpointId) -> Result<LoadedCheckpoint, CheckpointError> {
+        let dir = self.checkpoint_dir(id);
+        let local = LoadedCheckpoint::load(&dir);
+        let Some(remote) = &self.remote else {
+            return local;
+        };
+        if local.is_ok() {
+            tracing::info!(checkpoint = id, "restoring from the intact local copy");
+            return local;
+        }
+        let folder = format!("chk-{id:010}");
+        let missing = |what: &str| CheckpointError::Corrupt {
+            path: dir.clone(),
+            problem: format!("{what} is missing from {}/{folder}", remote.url()),
+        };
+        let manifest = remote
+            .get(&format!("{folder}/{MANIFEST}"))?
+            .ok_or_else(|| missing(MANIFEST))?;
+        let parsed: Manifest =
+            serde_json::from_slice(&manifest).map_err(|e| CheckpointError::Corrupt {
+                path: dir.clone(),
+                problem: format!("{MANIFEST} does not parse: {e}"),
+            })?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        for file in &parsed.files {
+            if file.name.contains('/') || file.name.contains("..") {
+                return Err(CheckpointError::Corrupt {
+                    path: dir.clone(),
+                    problem: format!("file name `{}` leaves the folder", file.name),
+                });
+            }
+            let bytes = remote
+                .get(&format!("{folder}/{}", file.name))?
+                .ok_or_else(|| missing(&file.name))?;
+            write_file(&dir, &file.name, &bytes)?;
+        }
+        write_file(&dir, MANIFEST, &manifest)?;
+        tracing::info!(checkpoint = id, from = %remote.url(), "downloaded checkpoint");
+        LoadedCheckpoint::load(&dir)
     }
 
     /// Deletes folders of checkpoints that never completed.
@@ -155,7 +290,7 @@ impl CheckpointStore {
     ) -> Result<(Option<LoadedCheckpoint>, Vec<CheckpointError>), CheckpointError> {
         let mut skipped = Vec::new();
         for id in self.complete()?.into_iter().rev() {
-            match LoadedCheckpoint::load(&self.checkpoint_dir(id)) {
+            match self.load(id) {
                 Ok(c) => return Ok((Some(c), skipped)),
                 Err(e) => {
                     tracing::warn!(error = %e, "skipping a checkpoint that does not verify");

@@ -65,10 +65,15 @@ pub struct JobSpec {
 pub struct CheckpointSpec {
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
-    /// Where checkpoints go: a folder, or `s3://bucket/prefix`. Each job
-    /// writes below `<dir>/<job name>/`.
+    /// Where checkpoints go: a folder, or `s3://bucket/prefix` (credentials
+    /// and endpoint from the `AWS_*` environment). Each job writes below
+    /// `<dir>/<job name>/`.
     #[serde(default = "default_checkpoint_dir")]
     pub dir: PathBuf,
+    /// Local staging copy of checkpoints kept in object storage (also used
+    /// for local recovery).
+    #[serde(default = "default_checkpoint_cache")]
+    pub local_dir: PathBuf,
     /// Complete checkpoints kept; older ones are deleted.
     #[serde(default = "default_retain")]
     pub retain: usize,
@@ -79,6 +84,10 @@ pub struct CheckpointSpec {
 
 fn default_checkpoint_dir() -> PathBuf {
     PathBuf::from("weir-data/checkpoints")
+}
+
+fn default_checkpoint_cache() -> PathBuf {
+    PathBuf::from("weir-data/checkpoint-cache")
 }
 
 fn default_retain() -> usize {
@@ -665,7 +674,10 @@ impl JobSpec {
             }
         }
         if let Some(c) = &mut self.checkpoint {
-            resolve(&mut c.dir);
+            if !crate::checkpoint::storage::is_remote(&c.dir) {
+                resolve(&mut c.dir);
+            }
+            resolve(&mut c.local_dir);
         }
         for op in &mut self.operators {
             if let Some(m) = &mut op.module

@@ -417,7 +417,8 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
     let store = spec
         .checkpoint
         .as_ref()
-        .map(|c| CheckpointStore::new(&c.dir, &spec.name));
+        .map(|c| CheckpointStore::open(&c.dir, &c.local_dir, &spec.name))
+        .transpose()?;
     let initial = match (&options.restore, &store) {
         (RestoreFrom::Savepoint(path), _) => Some(Arc::new(LoadedCheckpoint::load(path)?)),
         (RestoreFrom::Latest, Some(store)) => {
@@ -633,7 +634,11 @@ fn run_once(
     let (write_tx, write_rx) = crossbeam_channel::unbounded();
     let writer = {
         let events = events.clone();
-        spawn_writer(write_rx, move |w| {
+        let store = prepared
+            .store
+            .clone()
+            .unwrap_or_else(|| CheckpointStore::new(Path::new(""), &spec.name));
+        spawn_writer(store, write_rx, move |w| {
             let _ = events.send(TaskEvent::Written(w));
         })
         .map_err(|e| {

@@ -188,8 +188,14 @@ fn a_failure_beyond_the_restart_attempts_fails_the_job_with_its_cause() {
 }
 
 /// Runs `weir run` on a spec, killing it with SIGKILL `kills` times at
-/// random moments, then lets it finish.
-fn run_with_kills(spec: &Path, kills: usize, seed: u64) {
+/// random moments (calling `after_kill` after each), then lets it finish.
+fn run_with_kills(
+    spec: &Path,
+    kills: usize,
+    seed: u64,
+    envs: &[(&str, String)],
+    after_kill: &dyn Fn(usize),
+) {
     let weir = env!("CARGO_BIN_EXE_weir");
     let mut rng = seed;
     let mut next = || {
@@ -205,6 +211,7 @@ fn run_with_kills(spec: &Path, kills: usize, seed: u64) {
             .arg("--module-dir")
             .arg(examples_dir())
             .env("WEIR_LOG", "warn")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -220,6 +227,7 @@ fn run_with_kills(spec: &Path, kills: usize, seed: u64) {
         );
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
+        after_kill(kill);
     }
     let mut child = start();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -260,7 +268,7 @@ fn killing_the_process_repeatedly_loses_and_duplicates_nothing() {
         .unwrap()
         .as_nanos() as u64
         | 1;
-    run_with_kills(&spec, 5, seed);
+    run_with_kills(&spec, 5, seed, &[], &|_| {});
     assert_same_output(
         &keyed_output(&committed_lines(&out)),
         &expected_counts(events, keys),
@@ -473,4 +481,101 @@ fn a_savepoint_at_parallelism_2_resumes_at_3_and_at_1_with_the_uninterrupted_res
             "resumed at {parallelism}: output differs from the uninterrupted run"
         );
     }
+}
+
+/// A local S3-compatible server (moto), stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl S3Server {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server runs (scripts/test.sh installs it: pip install 'moto[server]')");
+        let server = S3Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// A bare HTTP request (moto does not check signatures); the response.
+    fn request(&self, method: &str, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn checkpoints_in_an_s3_compatible_store_restore_after_kills_with_or_without_local_copies() {
+    let s3 = S3Server::start();
+    assert!(s3.request("PUT", "/weir").starts_with("HTTP/1.1 200"));
+    let tmp = TempDir::new("s3");
+    let out = tmp.path("out");
+    let cache = tmp.path("cache");
+    let (events, keys) = (600_000, 211);
+    let spec = tmp.path("job.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: s3job\nparallelism: 2\n\
+             source: {{type: generator, events: {events}, keys: {keys}, rate: 60000}}\n\
+             operators: [{{name: count, module: keyed-count, input: key}}]\n\
+             sink: {{type: directory, path: {}, format: {{key: u64, value: u64}}}}\n\
+             checkpoint: {{interval: 250ms, dir: s3://weir/checkpoints, local_dir: {}}}\n",
+            out.display(),
+            cache.display()
+        ),
+    )
+    .unwrap();
+    let envs = [
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s3.port)),
+    ];
+    // After the first kill the local copies go: the restart must download
+    // its checkpoint; after the second they stay (local recovery).
+    let drop_cache = |kill: usize| {
+        if kill == 0 {
+            std::fs::remove_dir_all(&cache).expect("the local staging copy exists");
+        }
+    };
+    run_with_kills(&spec, 2, 0x5eed, &envs, &drop_cache);
+    assert_same_output(
+        &keyed_output(&committed_lines(&out)),
+        &expected_counts(events, keys),
+        "with checkpoints in S3",
+    );
+    let listing = s3.request("GET", "/weir?list-type=2&prefix=checkpoints/s3job/");
+    assert!(listing.contains("manifest.json"), "{listing}");
+    assert!(listing.contains(".state"), "{listing}");
 }
