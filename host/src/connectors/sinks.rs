@@ -72,7 +72,12 @@ fn committed_name(in_progress: &Path) -> Option<PathBuf> {
 /// after it, by a run that failed).
 pub fn recover_directory(dir: &Path, keep: &[PathBuf]) -> Result<(), ConnectorError> {
     for part in keep.iter().filter(|p| p.parent() == Some(dir)) {
-        commit_part(part)?;
+        // The checkpoint completed, so its parts were committed then; one
+        // that is now in neither state was moved or deleted since (say, a
+        // savepoint resumed on another machine): say so, do not fail.
+        if let Err(e) = commit_part(part) {
+            tracing::warn!(error = %e, "a part of the restored checkpoint is gone");
+        }
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,

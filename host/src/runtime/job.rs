@@ -517,6 +517,10 @@ fn run_attempts(
         if let Some(c) = &restore {
             tracing::info!(job = %spec.name, from = %c.dir.display(), finished = c.manifest.finished,
                 "restoring");
+            if c.manifest.finished {
+                tracing::warn!(job = %spec.name, checkpoint = c.id(),
+                    "the job had already run to its end: nothing is left to do (run it with --fresh to start over)");
+            }
         }
         match run_once(prepared, restore.clone(), commands, progress) {
             Ok(mut report) => {
@@ -833,7 +837,9 @@ fn run_once(
     let mut cancelled = false;
     let mut stopped_with: Option<PathBuf> = None;
     let mut stop_reply: Option<(Sender<Result<PathBuf, CheckpointError>>, Receiver<_>)> = None;
-    while running > 0 || coordinator.is_pending() {
+    // Every task finished: the final checkpoint commits the last output.
+    let mut need_final = false;
+    while running > 0 || coordinator.is_pending() || need_final {
         let deadline = coordinator
             .deadline()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -859,11 +865,9 @@ fn run_once(
                             first_error.get_or_insert(e.into());
                         }
                     }
-                    if running == 0 && first_error.is_none() && echo.is_none() && !cancelled
-                        && stats.iter().flatten().all(|s| !s.stopped) && checkpointing
-                    {
-                        coordinator.final_checkpoint();
-                    }
+                    need_final = running == 0 && first_error.is_none() && echo.is_none()
+                        && !cancelled && stats.iter().flatten().all(|s| !s.stopped)
+                        && checkpointing;
                 }
                 TaskEvent::Written(w) => coordinator.on_written(w),
             },
@@ -893,6 +897,11 @@ fn run_once(
             default(deadline.saturating_duration_since(Instant::now())) => {}
         }
         coordinator.tick(Instant::now());
+        if need_final && !coordinator.is_pending() {
+            // After a savepoint that was in flight, if there was one.
+            coordinator.final_checkpoint();
+            need_final = false;
+        }
         if let Some((_, answer)) = &stop_reply
             && let Ok(result) = answer.try_recv()
         {
