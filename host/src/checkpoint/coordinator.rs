@@ -459,3 +459,72 @@ impl Coordinator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(task: usize, checkpoint: CheckpointId) -> Written {
+        Written::Done {
+            task,
+            checkpoint,
+            snapshot: TaskSnapshot::default(),
+            file: None,
+        }
+    }
+
+    #[test]
+    fn late_checkpoints_abort_finished_tasks_are_acknowledged_for_them() {
+        let root = std::env::temp_dir().join(format!("weir-coordinator-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let store = CheckpointStore::new(&root, "job");
+        let (trigger, barriers) = crossbeam_channel::unbounded();
+        let (writer, writes) = crossbeam_channel::unbounded();
+        let config = CoordinatorConfig {
+            job: "job".into(),
+            store: store.clone(),
+            interval: Some(Duration::from_millis(5)),
+            timeout: Duration::from_millis(40),
+            retain: 1,
+            max_parallelism: 128,
+            source_splits: 1,
+            modules: Vec::new(),
+        };
+        let mut c =
+            Coordinator::new(config, vec![Some(trigger), None], writer, Vec::new()).unwrap();
+
+        // Checkpoint 1: the second task never answers; it is aborted.
+        std::thread::sleep(Duration::from_millis(10));
+        c.tick(Instant::now());
+        let barrier = barriers.try_recv().expect("the source got a barrier");
+        assert_eq!(barrier.id, 1);
+        c.on_written(done(0, 1));
+        assert!(c.is_pending());
+        std::thread::sleep(Duration::from_millis(50));
+        c.tick(Instant::now());
+        assert!(!c.is_pending());
+        assert_eq!(c.counts.aborted, 1);
+        assert!(
+            !store.checkpoint_dir(1).exists(),
+            "an aborted checkpoint's folder goes"
+        );
+
+        // The second task finishes; checkpoint 2 takes its final snapshot.
+        c.on_finished(1, 0, TaskSnapshot::default(), None);
+        std::thread::sleep(Duration::from_millis(10));
+        c.tick(Instant::now());
+        assert_eq!(barriers.try_recv().unwrap().id, 2);
+        let final_write = writes
+            .try_recv()
+            .expect("the final snapshot is written for it");
+        assert_eq!((final_write.task, final_write.checkpoint), (1, 2));
+        c.on_written(done(1, 2));
+        c.on_written(done(0, 1)); // late, for the aborted one: ignored
+        assert!(c.is_pending());
+        c.on_written(done(0, 2));
+        assert!(!c.is_pending());
+        assert_eq!(c.counts.completed, 1);
+        assert_eq!(store.complete().unwrap(), vec![2]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -579,3 +579,75 @@ fn checkpoints_in_an_s3_compatible_store_restore_after_kills_with_or_without_loc
     assert!(listing.contains("manifest.json"), "{listing}");
     assert!(listing.contains(".state"), "{listing}");
 }
+
+#[test]
+fn sigterm_stops_weir_run_with_a_savepoint_that_resumes_at_another_parallelism() {
+    let tmp = TempDir::new("sigterm");
+    let out = tmp.path("out");
+    let (events, keys) = (400_000, 59);
+    let spec_text = |parallelism: u32| {
+        format!(
+            "name: sigterm\nparallelism: {parallelism}\n\
+             source: {{type: generator, events: {events}, keys: {keys}, rate: 40000}}\n\
+             operators: [{{name: count, module: keyed-count, input: key}}]\n\
+             sink: {{type: directory, path: {}, format: {{key: u64, value: u64}}}}\n\
+             checkpoint: {{interval: 10s, dir: {}}}\n",
+            out.display(),
+            tmp.path("checkpoints").display()
+        )
+    };
+    let spec = tmp.path("job.yaml");
+    std::fs::write(&spec, spec_text(2)).unwrap();
+    let savepoints = tmp.path("savepoints");
+    let weir = env!("CARGO_BIN_EXE_weir");
+    let child = std::process::Command::new(weir)
+        .arg("run")
+        .arg(&spec)
+        .arg("--module-dir")
+        .arg(examples_dir())
+        .arg("--savepoint-on-signal")
+        .arg(&savepoints)
+        .env("WEIR_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) with a child's pid and a signal number has no memory effects.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let savepoint = std::fs::read_dir(&savepoints)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap_or_else(|| panic!("no savepoint written; stderr: {stderr}"));
+    assert!(stderr.contains("stopped with savepoint"), "{stderr}");
+    let partial = committed_lines(&out).len();
+    assert!(
+        partial > 0 && partial < events as usize,
+        "{partial} records before the stop"
+    );
+
+    std::fs::write(&spec, spec_text(3)).unwrap();
+    let status = std::process::Command::new(weir)
+        .arg("run")
+        .arg(&spec)
+        .arg("--module-dir")
+        .arg(examples_dir())
+        .arg("--from-savepoint")
+        .arg(&savepoint)
+        .env("WEIR_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_same_output(
+        &keyed_output(&committed_lines(&out)),
+        &expected_counts(events, keys),
+        "stopped at 2 by SIGTERM, resumed at 3",
+    );
+}
