@@ -187,6 +187,37 @@ fn a_failure_beyond_the_restart_attempts_fails_the_job_with_its_cause() {
     assert!(err.contains("trapped"), "{err}");
 }
 
+/// A keyed-count job over paced generated events into a directory sink.
+fn keyed_count_yaml(
+    name: &str,
+    parallelism: u32,
+    (events, keys, rate): (u64, u64, u64),
+    out: &Path,
+    checkpoint: &str,
+) -> String {
+    format!(
+        "name: {name}\nparallelism: {parallelism}\n\
+         source: {{type: generator, events: {events}, keys: {keys}, rate: {rate}}}\n\
+         operators: [{{name: count, module: keyed-count, input: key}}]\n\
+         sink: {{type: directory, path: {}, format: {{key: u64, value: u64}}}}\n\
+         checkpoint: {checkpoint}\n",
+        out.display()
+    )
+}
+
+/// `weir run SPEC` with the example modules, quiet.
+fn weir_run(spec: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.arg("run")
+        .arg(spec)
+        .arg("--module-dir")
+        .arg(examples_dir())
+        .env("WEIR_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
 /// Runs `weir run` on a spec, killing it with SIGKILL `kills` times at
 /// random moments (calling `after_kill` after each), then lets it finish.
 fn run_with_kills(
@@ -196,7 +227,6 @@ fn run_with_kills(
     envs: &[(&str, String)],
     after_kill: &dyn Fn(usize),
 ) {
-    let weir = env!("CARGO_BIN_EXE_weir");
     let mut rng = seed;
     let mut next = || {
         rng ^= rng << 13;
@@ -205,15 +235,8 @@ fn run_with_kills(
         rng
     };
     let start = || {
-        std::process::Command::new(weir)
-            .arg("run")
-            .arg(spec)
-            .arg("--module-dir")
-            .arg(examples_dir())
-            .env("WEIR_LOG", "warn")
+        weir_run(spec)
             .envs(envs.iter().map(|(k, v)| (k, v)))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("weir starts")
     };
@@ -250,17 +273,13 @@ fn killing_the_process_repeatedly_loses_and_duplicates_nothing() {
     let out = tmp.path("out");
     let (events, keys) = (2_000_000, 997);
     let spec = tmp.path("job.yaml");
+    let checkpoint = format!(
+        "{{interval: 300ms, dir: {}}}",
+        tmp.path("checkpoints").display()
+    );
     std::fs::write(
         &spec,
-        format!(
-            "name: chaos\nparallelism: 2\n\
-             source: {{type: generator, events: {events}, keys: {keys}, rate: 90000}}\n\
-             operators: [{{name: count, module: keyed-count, input: key}}]\n\
-             sink: {{type: directory, path: {}, format: {{key: u64, value: u64}}}}\n\
-             checkpoint: {{interval: 300ms, dir: {}}}\n",
-            out.display(),
-            tmp.path("checkpoints").display()
-        ),
+        keyed_count_yaml("chaos", 2, (events, keys, 90_000), &out, &checkpoint),
     )
     .unwrap();
     let seed = std::time::SystemTime::now()
@@ -543,17 +562,13 @@ fn checkpoints_in_an_s3_compatible_store_restore_after_kills_with_or_without_loc
     let cache = tmp.path("cache");
     let (events, keys) = (600_000, 211);
     let spec = tmp.path("job.yaml");
+    let checkpoint = format!(
+        "{{interval: 250ms, dir: s3://weir/checkpoints, local_dir: {}}}",
+        cache.display()
+    );
     std::fs::write(
         &spec,
-        format!(
-            "name: s3job\nparallelism: 2\n\
-             source: {{type: generator, events: {events}, keys: {keys}, rate: 60000}}\n\
-             operators: [{{name: count, module: keyed-count, input: key}}]\n\
-             sink: {{type: directory, path: {}, format: {{key: u64, value: u64}}}}\n\
-             checkpoint: {{interval: 250ms, dir: s3://weir/checkpoints, local_dir: {}}}\n",
-            out.display(),
-            cache.display()
-        ),
+        keyed_count_yaml("s3job", 2, (events, keys, 60_000), &out, &checkpoint),
     )
     .unwrap();
     let envs = [
@@ -585,30 +600,25 @@ fn sigterm_stops_weir_run_with_a_savepoint_that_resumes_at_another_parallelism()
     let tmp = TempDir::new("sigterm");
     let out = tmp.path("out");
     let (events, keys) = (400_000, 59);
+    let checkpoint = format!(
+        "{{interval: 10s, dir: {}}}",
+        tmp.path("checkpoints").display()
+    );
     let spec_text = |parallelism: u32| {
-        format!(
-            "name: sigterm\nparallelism: {parallelism}\n\
-             source: {{type: generator, events: {events}, keys: {keys}, rate: 40000}}\n\
-             operators: [{{name: count, module: keyed-count, input: key}}]\n\
-             sink: {{type: directory, path: {}, format: {{key: u64, value: u64}}}}\n\
-             checkpoint: {{interval: 10s, dir: {}}}\n",
-            out.display(),
-            tmp.path("checkpoints").display()
+        keyed_count_yaml(
+            "sigterm",
+            parallelism,
+            (events, keys, 40_000),
+            &out,
+            &checkpoint,
         )
     };
     let spec = tmp.path("job.yaml");
     std::fs::write(&spec, spec_text(2)).unwrap();
     let savepoints = tmp.path("savepoints");
-    let weir = env!("CARGO_BIN_EXE_weir");
-    let child = std::process::Command::new(weir)
-        .arg("run")
-        .arg(&spec)
-        .arg("--module-dir")
-        .arg(examples_dir())
+    let child = weir_run(&spec)
         .arg("--savepoint-on-signal")
         .arg(&savepoints)
-        .env("WEIR_LOG", "warn")
-        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -632,16 +642,9 @@ fn sigterm_stops_weir_run_with_a_savepoint_that_resumes_at_another_parallelism()
     );
 
     std::fs::write(&spec, spec_text(3)).unwrap();
-    let status = std::process::Command::new(weir)
-        .arg("run")
-        .arg(&spec)
-        .arg("--module-dir")
-        .arg(examples_dir())
+    let status = weir_run(&spec)
         .arg("--from-savepoint")
         .arg(&savepoint)
-        .env("WEIR_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
