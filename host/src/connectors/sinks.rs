@@ -134,6 +134,8 @@ enum Target {
 pub struct SinkFactory {
     target: Arc<Target>,
     format: SinkFormat,
+    /// Records per second per instance at most.
+    rate: Option<u64>,
     pub totals: Arc<SinkTotals>,
     instances: AtomicU32,
     /// The newest checkpoint known complete: parts it covered are committed.
@@ -186,11 +188,16 @@ impl SinkFactory {
                     *format,
                 )
             }
-            SinkSpec::Discard => (Target::Discard, SinkFormat::default()),
+            SinkSpec::Discard { .. } => (Target::Discard, SinkFormat::default()),
+        };
+        let rate = match spec {
+            SinkSpec::Discard { rate } => rate.filter(|&r| r > 0),
+            _ => None,
         };
         Ok(SinkFactory {
             target: Arc::new(target),
             format,
+            rate,
             totals: Arc::new(SinkTotals::default()),
             instances: AtomicU32::new(0),
             committed: Arc::new(AtomicU64::new(0)),
@@ -221,6 +228,7 @@ impl SinkFactory {
             parts_started: 0,
             pending: Vec::new(),
             committed: self.committed.clone(),
+            pace: self.rate.map(|r| (r, std::time::Instant::now(), 0)),
         })
     }
 }
@@ -238,6 +246,8 @@ struct SinkInstance {
     /// Pre-committed parts and the checkpoint that pre-committed them.
     pending: Vec<(u64, PathBuf)>,
     committed: Arc<AtomicU64>,
+    /// (records per second, since, records taken): a deliberately slow sink.
+    pace: Option<(u64, std::time::Instant, u64)>,
 }
 
 impl SinkInstance {
@@ -288,6 +298,13 @@ impl Sink for SinkInstance {
             .records
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.totals.value_sum.fetch_add(sum, Ordering::Relaxed);
+        if let Some((rate, since, taken)) = &mut self.pace {
+            *taken += batch.len() as u64;
+            let due = std::time::Duration::from_secs_f64(*taken as f64 / *rate as f64);
+            if let Some(wait) = due.checked_sub(since.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         if matches!(*self.target, Target::Discard) {
             return Ok(());
         }

@@ -515,8 +515,11 @@ pub enum SinkSpec {
         path: PathBuf,
         format: SinkFormat,
     },
-    /// Counts records and drops them (benchmarks).
-    Discard,
+    /// Counts records and drops them (benchmarks); with `rate`, takes at
+    /// most that many records per second per instance (a slow consumer).
+    Discard {
+        rate: Option<u64>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -536,7 +539,10 @@ struct FileSink {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DiscardSink {}
+struct DiscardSink {
+    #[serde(default)]
+    rate: Option<u64>,
+}
 
 impl<'de> Deserialize<'de> for SinkSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -553,7 +559,7 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 path: s.path,
                 format: s.format,
             }),
-            "discard" => tagged_body(body).map(|_: DiscardSink| SinkSpec::Discard),
+            "discard" => tagged_body(body).map(|d: DiscardSink| SinkSpec::Discard { rate: d.rate }),
             other => Err(serde::de::Error::custom(format!(
                 "unknown sink type `{other}`, expected `stdout`, `file`, `directory` or `discard`"
             ))),

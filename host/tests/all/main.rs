@@ -5,6 +5,7 @@
 mod checkpoints;
 mod examples;
 mod keyed;
+mod runtime;
 mod sandbox;
 mod spec;
 mod support;
