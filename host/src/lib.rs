@@ -16,9 +16,11 @@
 //!   their verification, restoring (also at another parallelism).
 //! - [`connectors`]: generator and file sources; stdout, file, discard sinks.
 //! - [`operators`]: native twins of the example operators, for benchmarks.
+//! - [`api`]: the REST API (`weir serve`): module registry, jobs, savepoints.
 //! - [`bench`]: `weir bench`.
 //! - [`cli`]: the `weir` command line.
 
+pub mod api;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;

@@ -1,6 +1,9 @@
 //! The `weir` command line: `run` a job spec in this process, `validate` a
-//! spec, `bench` a workload. Exit codes: 0 success, 1 the job or bench
-//! failed, 2 bad usage or a bad spec.
+//! spec, `bench` a workload, `serve` the REST API, and `module` / `job` to
+//! talk to a server. Exit codes: 0 success, 1 the job, bench or request
+//! failed, 2 bad usage or a bad spec, 3 the server could not be reached.
+
+mod client;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +47,33 @@ pub struct ModuleArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve the REST API (modules, jobs, savepoints).
+    Serve {
+        #[arg(long, default_value_t = crate::api::default_listen())]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "weir-data")]
+        data_dir: PathBuf,
+        /// Bearer token for changes (default: `<data-dir>/token`, made at
+        /// first start and printed once).
+        #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        modules: ModuleArgs,
+    },
+    /// Modules on a server.
+    Module {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(subcommand)]
+        command: client::ModuleCommand,
+    },
+    /// Jobs on a server.
+    Job {
+        #[command(flatten)]
+        server: client::ServerArgs,
+        #[command(subcommand)]
+        command: client::JobCommand,
+    },
     /// Run a job spec in this process until its sources are exhausted.
     /// A job with checkpoints resumes from its latest complete one.
     Run {
@@ -117,6 +147,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            token,
+            modules,
+        } => serve(listen, &data_dir, token, &modules),
+        Command::Module { server, command } => client::module(server, command),
+        Command::Job { server, command } => client::job(server, command),
         Command::Validate { spec } => match JobSpec::load(&spec) {
             Ok(s) => {
                 println!("{}: valid job `{}`", spec.display(), s.name);
@@ -243,6 +281,62 @@ pub fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+fn serve(
+    listen: std::net::SocketAddr,
+    data_dir: &std::path::Path,
+    token: Option<String>,
+    modules: &ModuleArgs,
+) -> ExitCode {
+    let env = match job_env(modules) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match crate::api::Server::open(data_dir, env, token) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    if server.token_generated {
+        eprintln!(
+            "API token (stored in {}): {}",
+            data_dir.join("token").display(),
+            server.token
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        eprintln!("weir serving on http://{}", listener.local_addr()?);
+        server
+            .serve(listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {listen}: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -660,7 +660,9 @@ impl JobSpec {
         Ok(spec)
     }
 
-    fn resolve_paths(&mut self, base: &Path) {
+    /// Makes relative file paths (sources, sinks, checkpoints, .wasm modules)
+    /// relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);

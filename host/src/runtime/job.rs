@@ -274,15 +274,16 @@ enum JobCommand {
     Cancel,
 }
 
-/// A job running in this process.
-pub struct JobHandle {
+/// Commands to a running job; cheap to clone and keep after the
+/// [`JobHandle`] went to whoever waits for the job.
+#[derive(Clone)]
+pub struct JobControl {
     pub name: String,
     commands: Sender<JobCommand>,
     records: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<Result<JobReport, JobError>>,
 }
 
-impl JobHandle {
+impl JobControl {
     fn savepoint_request(&self, target: &Path, stop: bool) -> Result<PathBuf, CheckpointError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.commands
@@ -310,9 +311,38 @@ impl JobHandle {
         let _ = self.commands.send(JobCommand::Cancel);
     }
 
-    /// Records taken in by the tasks of the current run so far.
+    /// Records taken in by the sources of the current run so far.
     pub fn records_processed(&self) -> u64 {
         self.records.load(Ordering::Relaxed)
+    }
+}
+
+/// A job running in this process.
+pub struct JobHandle {
+    pub name: String,
+    control: JobControl,
+    thread: std::thread::JoinHandle<Result<JobReport, JobError>>,
+}
+
+impl JobHandle {
+    pub fn control(&self) -> JobControl {
+        self.control.clone()
+    }
+
+    pub fn savepoint(&self, target: &Path) -> Result<PathBuf, CheckpointError> {
+        self.control.savepoint(target)
+    }
+
+    pub fn stop_with_savepoint(&self, target: &Path) -> Result<PathBuf, CheckpointError> {
+        self.control.stop_with_savepoint(target)
+    }
+
+    pub fn cancel(&self) {
+        self.control.cancel()
+    }
+
+    pub fn records_processed(&self) -> u64 {
+        self.control.records_processed()
     }
 
     pub fn is_finished(&self) -> bool {
@@ -449,8 +479,11 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
         })?;
     Ok(JobHandle {
         name: spec.name.clone(),
-        commands,
-        records,
+        control: JobControl {
+            name: spec.name.clone(),
+            commands,
+            records,
+        },
         thread,
     })
 }

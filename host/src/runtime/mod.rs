@@ -10,7 +10,7 @@ pub mod task;
 
 pub use batch::{RecordBatch, RecordRef};
 pub use job::{
-    EmbeddedSource, JobEnv, JobError, JobHandle, JobReport, RestoreFrom, StartOptions, run,
-    run_file, start,
+    EmbeddedSource, JobControl, JobEnv, JobError, JobHandle, JobReport, RestoreFrom, StartOptions,
+    run, run_file, start,
 };
 pub use operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};

@@ -14,78 +14,9 @@ use weir::connectors::{
 use weir::graph::JobSpec;
 use weir::runtime::{RecordBatch, RestoreFrom, StartOptions};
 
-use crate::support::{TempDir, env, examples_dir};
-
-/// The committed lines of a directory sink, sorted; fails on a leftover
-/// in-progress part.
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("sink folder exists") {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        assert!(
-            !name.ends_with(".inprogress"),
-            "in-progress part left behind: {name}"
-        );
-        if name.starts_with("part-") {
-            lines.extend(
-                std::fs::read_to_string(&path)
-                    .unwrap()
-                    .lines()
-                    .map(str::to_owned),
-            );
-        }
-    }
-    lines.sort();
-    lines
-}
-
-/// Per key: the counts and the event times keyed-count emitted, sorted.
-type KeyedOutput = std::collections::BTreeMap<u64, (Vec<u64>, Vec<i64>)>;
-
-fn keyed_output(lines: &[String]) -> KeyedOutput {
-    let mut m = KeyedOutput::new();
-    for line in lines {
-        let v: serde_json::Value = serde_json::from_str(line).expect("sink lines are JSON");
-        let e = m.entry(v["key"].as_u64().unwrap()).or_default();
-        e.0.push(v["value"].as_u64().unwrap());
-        e.1.push(v["timestamp"].as_i64().unwrap());
-    }
-    for (counts, times) in m.values_mut() {
-        counts.sort_unstable();
-        times.sort_unstable();
-    }
-    m
-}
-
-/// What keyed-count emits for generator events `0..events` over `keys` keys
-/// (event `i` at `i` ms): each key counts 1..n, one output per event of the
-/// key. (Which count an event gets depends on how the parallel sources
-/// interleave, so counts and times are compared as sets per key.)
-fn expected_counts(events: u64, keys: u64) -> KeyedOutput {
-    let mut m = KeyedOutput::new();
-    for i in 0..events {
-        let e = m.entry(i % keys).or_default();
-        e.0.push(e.0.len() as u64 + 1);
-        e.1.push(i as i64);
-    }
-    m
-}
-
-/// Compares without printing millions of lines on a mismatch.
-fn assert_same_output(actual: &KeyedOutput, expected: &KeyedOutput, context: &str) {
-    assert_eq!(actual.len(), expected.len(), "{context}: number of keys");
-    for (key, want) in expected {
-        let got = &actual[key];
-        assert!(
-            got == want,
-            "{context}: key {key}: {} outputs, want {}; first counts {:?}",
-            got.0.len(),
-            want.0.len(),
-            &got.0[..got.0.len().min(10)]
-        );
-    }
-}
+use crate::support::{
+    TempDir, assert_same_output, committed_lines, env, examples_dir, expected_counts, keyed_output,
+};
 
 /// Reads the generator's events, slowly enough for checkpoints to happen,
 /// and fails once (an I/O error) when the job first reaches `fail_at`.

@@ -2,6 +2,7 @@
 //! operators are built from source (examples/ and tests/fixtures/) by
 //! `support` before the first test that needs them.
 
+mod api;
 mod checkpoints;
 mod examples;
 mod keyed;

@@ -1,0 +1,357 @@
+//! Jobs the server runs: submitted specs, their state, and the commands the
+//! API gives them.
+//!
+//! A spec names modules from the registry (`module: name` for the latest
+//! version, `name@3` for a given one); the versions are fixed at submission
+//! and reported. Relative paths in a spec are relative to the data folder.
+//! Each submission is recorded in `jobs/<name>.json` with its state, so a
+//! server that restarts resubmits the jobs that were running, and they
+//! resume from their latest checkpoints. One job of a name runs at a time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::registry::{ModuleRegistry, RegistryError};
+use crate::checkpoint::CheckpointStore;
+use crate::graph::JobSpec;
+use crate::runtime::{JobControl, JobEnv, JobError, RestoreFrom, StartOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error(transparent)]
+    Spec(#[from] crate::graph::SpecError),
+    #[error("operator `{operator}`: {source}")]
+    Module {
+        operator: String,
+        source: RegistryError,
+    },
+    #[error(
+        "operator `{0}`: a job submitted to the server names registry modules, not .wasm files"
+    )]
+    LocalModule(String),
+    #[error("job `{0}` is already running")]
+    Running(String),
+    #[error("no job `{0}`")]
+    NotFound(String),
+    #[error("job `{0}` is not running")]
+    NotRunning(String),
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    Running,
+    Finished,
+    Failed,
+    Stopped,
+    Cancelled,
+}
+
+/// What the API reports of a job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub name: String,
+    pub state: JobState,
+    /// Operator -> `module@version`.
+    pub modules: BTreeMap<String, String>,
+    pub parallelism: u32,
+    pub submitted_ms: i64,
+    #[serde(default)]
+    pub records_in: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub savepoint: Option<PathBuf>,
+    #[serde(default)]
+    pub restored_from: Option<PathBuf>,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+/// What is stored per job to resubmit it after a restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JobRecord {
+    spec: String,
+    parallelism: Option<u32>,
+    info: JobInfo,
+}
+
+struct Entry {
+    record: JobRecord,
+    control: Option<JobControl>,
+    checkpoints: Option<CheckpointStore>,
+}
+
+pub struct JobManager {
+    data_dir: PathBuf,
+    env: JobEnv,
+    registry: Arc<ModuleRegistry>,
+    jobs: Arc<Mutex<BTreeMap<String, Entry>>>,
+}
+
+/// Submission options.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Submit {
+    /// Resume from this savepoint folder.
+    pub from_savepoint: Option<PathBuf>,
+    /// Override the spec's parallelism.
+    pub parallelism: Option<u32>,
+    /// Ignore the job's existing checkpoints.
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+impl JobManager {
+    pub fn new(data_dir: &Path, env: JobEnv, registry: Arc<ModuleRegistry>) -> Self {
+        JobManager {
+            data_dir: data_dir.to_owned(),
+            env,
+            registry,
+            jobs: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    fn record_path(data_dir: &Path, name: &str) -> PathBuf {
+        data_dir.join("jobs").join(format!("{name}.json"))
+    }
+
+    fn persist(data_dir: &Path, record: &JobRecord) {
+        let path = Self::record_path(data_dir, &record.info.name);
+        let _ = std::fs::create_dir_all(path.parent().expect("has a parent"));
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(record).expect("records serialize");
+        if std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            tracing::warn!(job = %record.info.name, "cannot record the job's state");
+        }
+    }
+
+    /// Resubmits the jobs that were running when the server stopped.
+    pub fn resume_all(&self) {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("jobs")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<JobRecord>(&bytes) else {
+                tracing::warn!(file = %entry.path().display(), "unreadable job record, skipped");
+                continue;
+            };
+            if record.info.state != JobState::Running {
+                continue;
+            }
+            let options = Submit {
+                parallelism: record.parallelism,
+                ..Submit::default()
+            };
+            match self.submit(&record.spec, &options) {
+                Ok(info) => tracing::info!(job = %info.name, "resumed after a server restart"),
+                Err(e) => tracing::error!(job = %record.info.name, error = %e, "cannot resume"),
+            }
+        }
+    }
+
+    pub fn submit(&self, text: &str, options: &Submit) -> Result<JobInfo, JobsError> {
+        let mut spec = JobSpec::parse(text)?;
+        if let Some(p) = options.parallelism {
+            spec.parallelism = p;
+        }
+        spec.resolve_paths(&self.data_dir);
+        let mut modules = BTreeMap::new();
+        for op in &mut spec.operators {
+            let Some(reference) = op.module.clone() else {
+                continue;
+            };
+            if reference.ends_with(".wasm") {
+                return Err(JobsError::LocalModule(op.name.clone()));
+            }
+            let (info, path) =
+                self.registry
+                    .resolve(&reference)
+                    .map_err(|source| JobsError::Module {
+                        operator: op.name.clone(),
+                        source,
+                    })?;
+            let name = reference.split('@').next().unwrap_or(&reference);
+            modules.insert(op.name.clone(), format!("{name}@{}", info.version));
+            op.module = Some(path.to_string_lossy().into_owned());
+        }
+        spec.validate()?;
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        if jobs
+            .get(&spec.name)
+            .is_some_and(|e| e.record.info.state == JobState::Running)
+        {
+            return Err(JobsError::Running(spec.name.clone()));
+        }
+        let restore = match (&options.from_savepoint, options.fresh) {
+            (Some(p), _) => RestoreFrom::Savepoint(p.clone()),
+            (None, true) => RestoreFrom::Fresh,
+            (None, false) => RestoreFrom::Latest,
+        };
+        let handle = crate::runtime::start(&spec, &self.env, StartOptions { restore })?;
+        let info = JobInfo {
+            name: spec.name.clone(),
+            state: JobState::Running,
+            modules,
+            parallelism: spec.parallelism,
+            submitted_ms: crate::time::now_millis(),
+            records_in: 0,
+            error: None,
+            savepoint: None,
+            restored_from: None,
+            restarts: 0,
+        };
+        let record = JobRecord {
+            spec: text.to_owned(),
+            parallelism: options.parallelism,
+            info: info.clone(),
+        };
+        Self::persist(&self.data_dir, &record);
+        let checkpoints = spec
+            .checkpoint
+            .as_ref()
+            .and_then(|c| CheckpointStore::open(&c.dir, &c.local_dir, &spec.name).ok());
+        jobs.insert(
+            spec.name.clone(),
+            Entry {
+                record,
+                control: Some(handle.control()),
+                checkpoints,
+            },
+        );
+        drop(jobs);
+        let table = self.jobs.clone();
+        let data_dir = self.data_dir.clone();
+        let name = spec.name.clone();
+        std::thread::Builder::new()
+            .name(format!("weir-wait-{name}"))
+            .spawn(move || {
+                let outcome = handle.wait();
+                let mut jobs = table.lock().expect("jobs lock");
+                let Some(entry) = jobs.get_mut(&name) else {
+                    return;
+                };
+                let info = &mut entry.record.info;
+                match outcome {
+                    Ok(report) => {
+                        info.records_in = report.records_in;
+                        info.restored_from = report.restored_from;
+                        info.restarts = report.restarts;
+                        info.state = if report.stopped_with_savepoint.is_some() {
+                            info.savepoint = report.stopped_with_savepoint;
+                            JobState::Stopped
+                        } else {
+                            JobState::Finished
+                        };
+                    }
+                    Err(JobError::Cancelled(_)) => info.state = JobState::Cancelled,
+                    Err(e) => {
+                        info.state = JobState::Failed;
+                        info.error = Some(e.to_string());
+                    }
+                }
+                entry.control = None;
+                Self::persist(&data_dir, &entry.record);
+            })
+            .map_err(|source| JobsError::Io {
+                path: PathBuf::from("<thread>"),
+                source,
+            })?;
+        Ok(info)
+    }
+
+    pub fn list(&self) -> Vec<JobInfo> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        jobs.values().map(Self::info_of).collect()
+    }
+
+    fn info_of(entry: &Entry) -> JobInfo {
+        let mut info = entry.record.info.clone();
+        if let Some(control) = &entry.control {
+            info.records_in = control.records_processed();
+        }
+        info
+    }
+
+    pub fn get(&self, name: &str) -> Result<JobInfo, JobsError> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        jobs.get(name)
+            .map(Self::info_of)
+            .ok_or_else(|| JobsError::NotFound(name.to_owned()))
+    }
+
+    /// Ids of the job's complete checkpoints.
+    pub fn checkpoints(&self, name: &str) -> Result<Vec<u64>, JobsError> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        let entry = jobs
+            .get(name)
+            .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
+        match &entry.checkpoints {
+            Some(store) => Ok(store.complete()?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn control(&self, name: &str) -> Result<JobControl, JobsError> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        let entry = jobs
+            .get(name)
+            .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
+        entry
+            .control
+            .clone()
+            .ok_or_else(|| JobsError::NotRunning(name.to_owned()))
+    }
+
+    fn savepoint_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("savepoints").join(name)
+    }
+
+    /// Blocks until the savepoint is complete.
+    pub fn savepoint(&self, name: &str, stop: bool) -> Result<PathBuf, JobsError> {
+        let control = self.control(name)?;
+        let dir = self.savepoint_dir(name);
+        Ok(if stop {
+            control.stop_with_savepoint(&dir)?
+        } else {
+            control.savepoint(&dir)?
+        })
+    }
+
+    pub fn cancel(&self, name: &str) -> Result<(), JobsError> {
+        self.control(name)?.cancel();
+        Ok(())
+    }
+
+    /// True when a running job uses a version of module `name`.
+    pub fn uses_module(&self, name: &str) -> Option<String> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        jobs.values()
+            .filter(|e| e.record.info.state == JobState::Running)
+            .find(|e| {
+                e.record
+                    .info
+                    .modules
+                    .values()
+                    .any(|m| m.split('@').next() == Some(name))
+            })
+            .map(|e| e.record.info.name.clone())
+    }
+}

@@ -1,0 +1,304 @@
+//! The CLI's side of the REST API: `weir module ...` and `weir job ...`
+//! send one request each and print the answer as a table, or as JSON with
+//! `--json`. Exit codes: 0 done, 1 the server refused or failed (its
+//! message is printed), 3 the server could not be reached.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The server (also $WEIR_SERVER).
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "WEIR_SERVER")]
+    pub server: String,
+    /// Bearer token for changes (also $WEIR_TOKEN; default: the token file
+    /// of ./weir-data).
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModuleCommand {
+    /// Upload a component as the next version of NAME.
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// List modules and their versions.
+    List,
+    /// Delete a module (refused while a running job uses it).
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Submit a job spec.
+    Run {
+        spec: PathBuf,
+        #[arg(long)]
+        from_savepoint: Option<String>,
+        #[arg(long)]
+        parallelism: Option<u32>,
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// List jobs.
+    List,
+    /// Show one job.
+    Show { name: String },
+    /// Take a savepoint (waits until it is complete).
+    Savepoint { name: String },
+    /// Stop with a savepoint.
+    Stop { name: String },
+    /// Cancel without a savepoint.
+    Cancel { name: String },
+}
+
+struct Client {
+    args: ServerArgs,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+enum Failure {
+    Unreachable(String),
+    Refused(String),
+}
+
+impl Client {
+    fn new(args: ServerArgs) -> Self {
+        let token = args.token.clone().or_else(|| {
+            std::fs::read_to_string("weir-data/token")
+                .ok()
+                .map(|t| t.trim().to_owned())
+        });
+        Client {
+            args: ServerArgs { token, ..args },
+            http: reqwest::Client::new(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime starts"),
+        }
+    }
+
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<serde_json::Value, Failure> {
+        let url = format!("{}{path}", self.args.server.trim_end_matches('/'));
+        let mut request = self.http.request(method, &url).query(query);
+        if let Some(token) = &self.args.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        self.runtime.block_on(async {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| Failure::Unreachable(format!("{url}: {e}")))?;
+            let status = response.status();
+            let text = response
+                .text()
+                .await
+                .map_err(|e| Failure::Unreachable(format!("{url}: {e}")))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+            if status.is_success() {
+                Ok(value)
+            } else {
+                let message = value["error"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| value.to_string());
+                Err(Failure::Refused(format!("{status}: {message}")))
+            }
+        })
+    }
+}
+
+fn finish(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Unreachable(m)) => {
+            eprintln!("error: cannot reach the server: {m}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn print(json: bool, value: &serde_json::Value, table: impl FnOnce(&serde_json::Value)) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("JSON prints")
+        );
+    } else {
+        table(value);
+    }
+}
+
+pub fn module(args: ServerArgs, command: ModuleCommand) -> ExitCode {
+    let json = args.json;
+    let client = Client::new(args);
+    finish((|| match command {
+        ModuleCommand::Upload { file, name } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
+            eprintln!("uploading {} ({} bytes)...", file.display(), bytes.len());
+            let v = client.call(
+                reqwest::Method::POST,
+                "/v1/modules",
+                &[("name", name.clone())],
+                Some(bytes),
+            )?;
+            print(json, &v, |v| {
+                println!(
+                    "{name} version {} ({})",
+                    v["version"],
+                    v["digest"].as_str().unwrap_or("").get(..12).unwrap_or("")
+                );
+            });
+            Ok(())
+        }
+        ModuleCommand::List => {
+            let v = client.call(reqwest::Method::GET, "/v1/modules", &[], None)?;
+            print(json, &v, |v| {
+                println!("{:<24} {:>8} {:<14}", "MODULE", "VERSION", "DIGEST");
+                for (name, versions) in v.as_object().into_iter().flatten() {
+                    for ver in versions.as_array().into_iter().flatten() {
+                        println!(
+                            "{name:<24} {:>8} {:<14}",
+                            ver["version"],
+                            ver["digest"].as_str().unwrap_or("").get(..12).unwrap_or("")
+                        );
+                    }
+                }
+            });
+            Ok(())
+        }
+        ModuleCommand::Rm { name } => {
+            client.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/modules/{name}"),
+                &[],
+                None,
+            )?;
+            println!("deleted {name}");
+            Ok(())
+        }
+    })())
+}
+
+fn job_row(v: &serde_json::Value) {
+    println!(
+        "{:<24} {:<10} {:>12} {:>8}  {}",
+        v["name"].as_str().unwrap_or(""),
+        v["state"].as_str().unwrap_or(""),
+        v["records_in"],
+        v["restarts"],
+        v["error"]
+            .as_str()
+            .or(v["savepoint"].as_str())
+            .unwrap_or("")
+    );
+}
+
+fn job_header() {
+    println!(
+        "{:<24} {:<10} {:>12} {:>8}  NOTE",
+        "JOB", "STATE", "RECORDS IN", "RESTARTS"
+    );
+}
+
+pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
+    let json = args.json;
+    let client = Client::new(args);
+    finish((|| match command {
+        JobCommand::Run {
+            spec,
+            from_savepoint,
+            parallelism,
+            fresh,
+        } => {
+            let text = std::fs::read(&spec)
+                .map_err(|e| Failure::Refused(format!("{}: {e}", spec.display())))?;
+            let mut query = Vec::new();
+            if let Some(s) = from_savepoint {
+                query.push(("from_savepoint", s));
+            }
+            if let Some(p) = parallelism {
+                query.push(("parallelism", p.to_string()));
+            }
+            if fresh {
+                query.push(("fresh", "true".to_string()));
+            }
+            let v = client.call(reqwest::Method::POST, "/v1/jobs", &query, Some(text))?;
+            print(json, &v, |v| {
+                job_header();
+                job_row(v);
+            });
+            Ok(())
+        }
+        JobCommand::List => {
+            let v = client.call(reqwest::Method::GET, "/v1/jobs", &[], None)?;
+            print(json, &v, |v| {
+                job_header();
+                v.as_array().into_iter().flatten().for_each(job_row);
+            });
+            Ok(())
+        }
+        JobCommand::Show { name } => {
+            let v = client.call(reqwest::Method::GET, &format!("/v1/jobs/{name}"), &[], None)?;
+            print(json, &v, |v| {
+                job_header();
+                job_row(v);
+                for (op, module) in v["modules"].as_object().into_iter().flatten() {
+                    println!("  operator {op}: {}", module.as_str().unwrap_or(""));
+                }
+            });
+            Ok(())
+        }
+        JobCommand::Savepoint { name } => savepoint(&client, json, &name, "savepoint"),
+        JobCommand::Stop { name } => savepoint(&client, json, &name, "stop"),
+        JobCommand::Cancel { name } => {
+            client.call(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{name}/cancel"),
+                &[],
+                None,
+            )?;
+            println!("cancelling {name}");
+            Ok(())
+        }
+    })())
+}
+
+fn savepoint(client: &Client, json: bool, name: &str, action: &str) -> Result<(), Failure> {
+    eprintln!("waiting for the savepoint of {name}...");
+    let v = client.call(
+        reqwest::Method::POST,
+        &format!("/v1/jobs/{name}/{action}"),
+        &[],
+        None,
+    )?;
+    print(json, &v, |v| {
+        println!("savepoint: {}", v["savepoint"].as_str().unwrap_or(""))
+    });
+    Ok(())
+}
