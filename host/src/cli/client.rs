@@ -184,7 +184,7 @@ pub fn module(args: ServerArgs, command: ModuleCommand) -> ExitCode {
                     for ver in versions.as_array().into_iter().flatten() {
                         println!(
                             "{name:<24} {:>8} {:<14}",
-                            ver["version"],
+                            ver["version"].to_string(),
                             ver["digest"].as_str().unwrap_or("").get(..12).unwrap_or("")
                         );
                     }
@@ -210,8 +210,8 @@ fn job_row(v: &serde_json::Value) {
         "{:<24} {:<10} {:>12} {:>8}  {}",
         v["name"].as_str().unwrap_or(""),
         v["state"].as_str().unwrap_or(""),
-        v["records_in"],
-        v["restarts"],
+        v["records_in"].to_string(),
+        v["restarts"].to_string(),
         v["error"]
             .as_str()
             .or(v["savepoint"].as_str())
