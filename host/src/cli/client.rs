@@ -11,14 +11,19 @@ use clap::Subcommand;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServerArgs {
     /// The server (also $WEIR_SERVER).
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "WEIR_SERVER")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8080",
+        env = "WEIR_SERVER",
+        global = true
+    )]
     pub server: String,
     /// Bearer token for changes (also $WEIR_TOKEN; default: the token file
     /// of ./weir-data).
-    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "WEIR_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Print the server's JSON answer instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
