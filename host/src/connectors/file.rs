@@ -123,6 +123,7 @@ impl Source for FileSource {
                 split: 0,
                 offset: self.offset,
                 line: self.line_number,
+                max_timestamp: None,
             }]
         } else {
             Vec::new()

@@ -11,8 +11,9 @@ use crate::graph::spec::GeneratorFormat;
 use crate::runtime::batch::RecordBatch;
 
 pub struct Generator {
-    /// (split, next event) of the splits not yet exhausted, in split order.
-    splits: Vec<(u32, u64)>,
+    /// (split, next event, highest event time returned) of the splits not
+    /// yet exhausted, in split order.
+    splits: Vec<(u32, u64, i64)>,
     /// Splits of the whole source, the stride of each split's sequence.
     step: u64,
     cursor: usize,
@@ -35,20 +36,24 @@ impl Generator {
     ) -> Self {
         let (mut splits, step) = match &assignment.restored {
             None => (
-                vec![(assignment.instance, u64::from(assignment.instance))],
+                vec![(
+                    assignment.instance,
+                    u64::from(assignment.instance),
+                    i64::MIN,
+                )],
                 u64::from(assignment.parallelism),
             ),
             Some(restored) => (
                 restored
                     .positions
                     .iter()
-                    .map(|p| (p.split, p.offset))
+                    .map(|p| (p.split, p.offset, p.max_timestamp.unwrap_or(i64::MIN)))
                     .collect(),
                 u64::from(restored.split_count.max(1)),
             ),
         };
         splits.sort_unstable();
-        splits.retain(|&(_, next)| next < events);
+        splits.retain(|&(_, next, _)| next < events);
         Generator {
             splits,
             step,
@@ -87,14 +92,20 @@ impl Generator {
 }
 
 impl Source for Generator {
+    fn slowest_split_timestamp(&self) -> Option<i64> {
+        // Also with one split left: the others may have ended ahead of it.
+        self.splits.iter().map(|&(_, _, max)| max).min()
+    }
+
     fn positions(&self) -> Option<Vec<SplitPosition>> {
         Some(
             self.splits
                 .iter()
-                .map(|&(split, next)| SplitPosition {
+                .map(|&(split, next, max)| SplitPosition {
                     split,
                     offset: next,
                     line: 0,
+                    max_timestamp: (max != i64::MIN).then_some(max),
                 })
                 .collect(),
         )
@@ -110,16 +121,17 @@ impl Source for Generator {
             if self.cursor >= self.splits.len() {
                 self.cursor = 0;
             }
-            let (_, next) = &mut self.splits[self.cursor];
+            let (_, next, max) = &mut self.splits[self.cursor];
             let i = *next;
+            let ts = (i / self.events_per_ms) as i64;
             *next += self.step;
+            *max = ts;
             if *next >= self.events {
                 self.splits.remove(self.cursor);
             } else {
                 self.cursor += 1;
             }
             let key = i % self.keys;
-            let ts = (i / self.events_per_ms) as i64;
             match self.format {
                 GeneratorFormat::Binary => out.push(&key.to_le_bytes(), &i.to_le_bytes(), ts),
                 GeneratorFormat::Text => {
@@ -215,5 +227,41 @@ mod tests {
             rest.sort();
             assert_eq!(rest, (6..20).collect::<Vec<_>>(), "resumed at {p}");
         }
+    }
+
+    #[test]
+    fn an_instance_reading_two_splits_reports_the_slower_one() {
+        let restored = RestoredSplits {
+            split_count: 2,
+            positions: vec![
+                SplitPosition {
+                    split: 0,
+                    offset: 10,
+                    line: 0,
+                    max_timestamp: Some(8),
+                },
+                SplitPosition {
+                    split: 1,
+                    offset: 41,
+                    line: 0,
+                    max_timestamp: Some(39),
+                },
+            ],
+        };
+        let assignment = SourceAssignment {
+            instance: 0,
+            parallelism: 1,
+            restored: Some(restored),
+        };
+        let mut g = Generator::new(100, 4, 1, GeneratorFormat::Text, &assignment);
+        assert_eq!(g.slowest_split_timestamp(), Some(8));
+        assert_eq!(values(&mut g, 2), vec![10, 41]);
+        assert_eq!(g.slowest_split_timestamp(), Some(10));
+        let positions = g.positions().unwrap();
+        assert_eq!(positions[1].max_timestamp, Some(41));
+        // Once the faster split is exhausted, the slower one still rules.
+        let mut short = Generator::new(42, 4, 1, GeneratorFormat::Text, &assignment);
+        assert_eq!(values(&mut short, 2), vec![10, 41]);
+        assert_eq!(short.slowest_split_timestamp(), Some(10));
     }
 }

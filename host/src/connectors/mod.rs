@@ -52,6 +52,10 @@ pub struct SplitPosition {
     /// Records (lines) taken so far, where the split counts them.
     #[serde(default)]
     pub line: u64,
+    /// The highest event time the split has returned, where the source
+    /// tracks event time per split.
+    #[serde(default)]
+    pub max_timestamp: Option<i64>,
 }
 
 /// Which splits one source instance reads.
@@ -96,6 +100,16 @@ pub trait Source: Send {
     /// The position of each split this instance reads, after the last record
     /// returned by `poll`; `None` when the source cannot be checkpointed.
     fn positions(&self) -> Option<Vec<SplitPosition>> {
+        None
+    }
+
+    /// For an instance reading several splits: the lowest, over its splits
+    /// that are not exhausted, of the highest event time each has returned
+    /// (`i64::MIN` while one has returned nothing). The task's watermark
+    /// then follows the slowest split, so a split that lags behind another
+    /// does not find its records late, also after the faster splits have
+    /// ended. `None`: no per-split tracking (or no split left).
+    fn slowest_split_timestamp(&self) -> Option<i64> {
         None
     }
 }

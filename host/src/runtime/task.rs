@@ -20,6 +20,9 @@
 //!   whose inputs are all idle (or ended) forwards `Idle` in turn.
 //! - A source record more than `future_horizon` ahead of the wall clock is
 //!   processed but not observed by the watermark generator, and counted.
+//! - A source instance reading several splits follows the slowest: its
+//!   watermark is computed from the lowest of the splits' highest event
+//!   times (see `Source::slowest_split_timestamp`).
 //! - Checkpoints (see [`crate::checkpoint`]): a source task takes a barrier
 //!   between two batches; an input task aligns barriers, holding back the
 //!   events of inputs that delivered the barrier until all have (an ended
@@ -625,7 +628,8 @@ impl Task {
             }
             if last_watermark.elapsed() >= time.interval {
                 last_watermark = Instant::now();
-                self.advance_watermark(time.watermarks.current())?;
+                let cap = source.slowest_split_timestamp();
+                self.advance_watermark(time.watermarks.current_capped(cap))?;
             }
             if let Some(timeout) = time.idle_timeout
                 && !idle

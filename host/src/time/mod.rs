@@ -38,6 +38,17 @@ impl BoundedOutOfOrderness {
         self.max_timestamp
     }
 
+    /// The watermark, with the highest time seen capped at `cap` (the
+    /// slowest split's, when the source reads several).
+    pub fn current_capped(&self, cap: Option<i64>) -> i64 {
+        let max = cap.map_or(self.max_timestamp, |c| c.min(self.max_timestamp));
+        if max == i64::MIN {
+            i64::MIN
+        } else {
+            max.saturating_sub(self.bound_ms).saturating_sub(1)
+        }
+    }
+
     pub fn current(&self) -> i64 {
         if self.max_timestamp == i64::MIN {
             i64::MIN

@@ -359,7 +359,7 @@ fn window_spec(parallelism: u32, out: &Path, checkpoints: &Path, rate: Option<u6
     JobSpec::parse(&format!(
         "name: windows\nparallelism: {parallelism}\n\
          source: {{type: generator, events: 200000, keys: 40{rate},\n\
-                   watermark: {{max_out_of_orderness: 20s}}}}\n\
+                   watermark: {{max_out_of_orderness: 1s}}}}\n\
          operators:\n\
            - {{name: count, module: window-count, input: key,\n\
                window: {{type: tumbling, size: 50ms}}}}\n\
