@@ -202,7 +202,7 @@ fn run_with_kills(
 fn killing_the_process_repeatedly_loses_and_duplicates_nothing() {
     let tmp = TempDir::new("chaos");
     let out = tmp.path("out");
-    let (events, keys) = (2_000_000, 997);
+    let (events, keys) = (3_000_000, 997);
     let spec = tmp.path("job.yaml");
     let checkpoint = format!(
         "{{interval: 300ms, dir: {}}}",
