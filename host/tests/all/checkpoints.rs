@@ -585,3 +585,74 @@ fn sigterm_stops_weir_run_with_a_savepoint_that_resumes_at_another_parallelism()
         "stopped at 2 by SIGTERM, resumed at 3",
     );
 }
+
+#[test]
+fn a_savepoint_resumes_with_a_newer_module_version_that_keeps_the_state() {
+    let tmp = TempDir::new("upgrade");
+    let out = tmp.path("out");
+    let (events, keys) = (200_000, 41);
+    let checkpoint = format!(
+        "{{interval: 10s, dir: {}}}",
+        tmp.path("checkpoints").display()
+    );
+    let v1 = keyed_count_yaml("upgrade", 2, (events, keys, 40_000), &out, &checkpoint);
+    let handle = weir::runtime::start(
+        &JobSpec::parse(&v1).unwrap(),
+        &env(),
+        StartOptions::default(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handle.records_processed() < 30_000 {
+        assert!(Instant::now() < deadline, "the job makes no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let savepoint = handle.stop_with_savepoint(&tmp.path("savepoints")).unwrap();
+    handle.wait().unwrap();
+    let manifest = std::fs::read_to_string(savepoint.join("manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"module\": \"keyed-count\""),
+        "{manifest}"
+    );
+
+    let v2 = v1.replace("module: keyed-count", "module: keyed-count-v2");
+    weir::runtime::start(
+        &JobSpec::parse(&v2).unwrap(),
+        &env(),
+        StartOptions {
+            restore: RestoreFrom::Savepoint(savepoint),
+        },
+    )
+    .unwrap()
+    .wait()
+    .unwrap();
+
+    // Counts emitted by v2 carry its mark; without it they must continue
+    // exactly where v1 stopped, key by key.
+    const MARK: u64 = 1_000_000;
+    let mut output = keyed_output(&committed_lines(&out));
+    let mut upgraded = 0;
+    for (counts, _) in output.values_mut() {
+        let v1_max = counts
+            .iter()
+            .filter(|&&c| c < MARK)
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let v2_min = counts.iter().filter(|&&c| c >= MARK).min().copied();
+        if let Some(v2_min) = v2_min {
+            assert_eq!(v2_min - MARK, v1_max + 1, "v2 continues from v1's state");
+            upgraded += 1;
+        }
+        for c in counts.iter_mut() {
+            *c %= MARK;
+        }
+        counts.sort_unstable();
+    }
+    assert_eq!(upgraded, keys, "every key got outputs from the new version");
+    assert_same_output(
+        &output,
+        &expected_counts(events, keys),
+        "stopped on v1, resumed on v2",
+    );
+}
