@@ -61,13 +61,10 @@ impl From<RegistryError> for ApiError {
 impl From<JobsError> for ApiError {
     fn from(e: JobsError) -> Self {
         let status = match &e {
-            JobsError::Spec(_) | JobsError::LocalModule(_) => StatusCode::BAD_REQUEST,
-            JobsError::Module { source, .. } => match source {
-                RegistryError::NotFound(_) | RegistryError::NoVersion { .. } => {
-                    StatusCode::BAD_REQUEST
-                }
-                _ => StatusCode::BAD_REQUEST,
-            },
+            // A spec naming an unknown module is a bad spec, not a 404.
+            JobsError::Spec(_) | JobsError::LocalModule(_) | JobsError::Module { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             JobsError::Running(_) | JobsError::NotRunning(_) => StatusCode::CONFLICT,
             JobsError::NotFound(_) => StatusCode::NOT_FOUND,
             JobsError::Job(crate::runtime::JobError::Spec(_))

@@ -96,14 +96,6 @@ impl CheckpointStore {
         })
     }
 
-    /// Where the checkpoints are, for messages.
-    pub fn location(&self) -> String {
-        match &self.remote {
-            Some(r) => r.url().to_owned(),
-            None => self.root.display().to_string(),
-        }
-    }
-
     /// `chk-N/name` for a path below the root.
     fn relative(&self, path: &Path) -> Option<String> {
         let rel = path.strip_prefix(&self.root).ok()?;
@@ -447,20 +439,6 @@ impl LoadedCheckpoint {
             .iter()
             .flat_map(|t| t.sinks.iter())
             .filter(|s| s.sink == sink)
-            .flat_map(|s| s.pending.iter().cloned())
-            .collect();
-        parts.sort();
-        parts.dedup();
-        parts
-    }
-
-    /// Every pre-committed part of every sink.
-    pub fn all_pending(&self) -> Vec<PathBuf> {
-        let mut parts: Vec<PathBuf> = self
-            .manifest
-            .tasks
-            .iter()
-            .flat_map(|t| t.sinks.iter())
             .flat_map(|s| s.pending.iter().cloned())
             .collect();
         parts.sort();

@@ -669,13 +669,14 @@ fn run_once(
     let (events, event_rx) = crossbeam_channel::unbounded::<TaskEvent>();
     let (finals, final_rx) = crossbeam_channel::unbounded::<FinalSnapshot>();
     let (write_tx, write_rx) = crossbeam_channel::unbounded();
+    // Without checkpoints, savepoints only: nothing is written below this root.
+    let store = prepared
+        .store
+        .clone()
+        .unwrap_or_else(|| CheckpointStore::new(Path::new(""), &spec.name));
     let writer = {
         let events = events.clone();
-        let store = prepared
-            .store
-            .clone()
-            .unwrap_or_else(|| CheckpointStore::new(Path::new(""), &spec.name));
-        spawn_writer(store, write_rx, move |w| {
+        spawn_writer(store.clone(), write_rx, move |w| {
             let _ = events.send(TaskEvent::Written(w));
         })
         .map_err(|e| {
@@ -777,9 +778,9 @@ fn run_once(
                 instance,
                 operator_names: names,
                 operator_key_groups: Vec::new(),
-                writer: Some(write_tx.clone()),
+                writer: write_tx.clone(),
                 triggers: trigger_rx,
-                finals: Some(finals.clone()),
+                finals: finals.clone(),
                 final_state: checkpointing,
                 cancel: cancel.clone(),
                 shared: shared.clone(),
@@ -843,10 +844,7 @@ fn run_once(
     let mut coordinator = Coordinator::new(
         CoordinatorConfig {
             job: spec.name.clone(),
-            store: prepared.store.clone().unwrap_or_else(|| {
-                // Savepoints only: nothing is written below this root.
-                CheckpointStore::new(Path::new(""), &spec.name)
-            }),
+            store,
             interval: checkpoint_spec.as_ref().map(|c| c.interval),
             timeout: checkpoint_spec
                 .as_ref()

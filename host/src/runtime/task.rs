@@ -78,11 +78,12 @@ pub struct TaskLink {
     pub instance: u32,
     pub operator_names: Vec<String>,
     pub operator_key_groups: Vec<Range<u32>>,
-    /// `None` when the job takes no checkpoints.
-    pub writer: Option<Sender<WriteRequest>>,
+    /// Where snapshots taken at barriers go (checkpoints and savepoints).
+    pub writer: Sender<WriteRequest>,
     /// Barriers from the coordinator (source tasks).
     pub triggers: Option<Receiver<Barrier>>,
-    pub finals: Option<Sender<FinalSnapshot>>,
+    /// Where the task reports that it has finished.
+    pub finals: Sender<FinalSnapshot>,
     /// Final snapshots carry state (the job takes checkpoints); without
     /// checkpoints they only tell the coordinator the task has finished.
     pub final_state: bool,
@@ -342,18 +343,16 @@ impl Task {
         barrier: &Barrier,
         source: Option<SourceSnapshot>,
     ) -> Result<(), TaskError> {
-        if let Some(writer) = self.link.writer.clone() {
-            let (snapshot, state) = self.snapshot(barrier.id, false, source)?;
-            self.last_snapshot = barrier.id;
-            // The writer is gone only when the job is being torn down.
-            let _ = writer.send(WriteRequest {
-                task: self.link.index,
-                checkpoint: barrier.id,
-                dir: barrier.dir.clone(),
-                snapshot,
-                state,
-            });
-        }
+        let (snapshot, state) = self.snapshot(barrier.id, false, source)?;
+        self.last_snapshot = barrier.id;
+        // The writer is gone only when the job is being torn down.
+        let _ = self.link.writer.send(WriteRequest {
+            task: self.link.index,
+            checkpoint: barrier.id,
+            dir: barrier.dir.clone(),
+            snapshot,
+            state,
+        });
         if let Tail::Router(router) = &mut self.tail {
             router
                 .broadcast(|| Event::Barrier(barrier.clone()))
@@ -525,19 +524,17 @@ impl Task {
                     task: String::new(),
                 })?
         }
-        if let Some(finals) = self.link.finals.clone() {
-            let (snapshot, state) = if self.link.final_state {
-                self.snapshot(CheckpointId::MAX, true, source)?
-            } else {
-                (TaskSnapshot::default(), None)
-            };
-            let _ = finals.send(FinalSnapshot {
-                task: self.link.index,
-                last: self.last_snapshot,
-                snapshot,
-                state,
-            });
-        }
+        let (snapshot, state) = if self.link.final_state {
+            self.snapshot(CheckpointId::MAX, true, source)?
+        } else {
+            (TaskSnapshot::default(), None)
+        };
+        let _ = self.link.finals.send(FinalSnapshot {
+            task: self.link.index,
+            last: self.last_snapshot,
+            snapshot,
+            state,
+        });
         self.close_sinks()
     }
 
