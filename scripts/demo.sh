@@ -70,6 +70,9 @@ echo "window results (committed part files):"
 cat "$DATA"/out/part-*
 echo "late clicks (side output):"
 cat "$DATA"/late/part-*
+command -v curl >/dev/null || apt_install curl
+echo "metrics of the job (GET /metrics, Prometheus text format; excerpt):"
+curl -s "$WEIR_SERVER/metrics" | grep -E '^weir_(operator_records_(in|out)_total|late_records_total|checkpoints_total|last_checkpoint_id|wasm_calls_total|watermark_seconds)\{job="clicks-per-window"' || true
 echo
 echo "== benchmark: keyed-count, 2M events, Wasm vs the same logic native"
 "$WEIR" bench keyed-count --events 2000000 --runs 1 | tail -n 1

@@ -25,6 +25,16 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
+# What the native dependencies build with: RocksDB's bindings are generated
+# by bindgen, which needs libclang; RocksDB itself needs a C++ compiler.
+install_build_deps() {
+  if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ! command -v g++ >/dev/null; then
+    echo "[weir] installing libclang-dev and g++ (for RocksDB)" >&2
+    apt_install libclang-dev g++
+  fi
+}
+install_build_deps
+
 # Servers the tests start: moto, a local S3-compatible server for checkpoints
 # in object storage, in a virtualenv of its own under ~/.cache/weir.
 install_test_tools() {
@@ -39,4 +49,9 @@ install_test_tools() {
     "$venv/bin/pip" install --quiet 'moto[server]==5.2.1'
   fi
   export PATH="$venv/bin:$PATH"
+  # Prometheus and promtool, for the metrics tests.
+  if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+    echo "[weir] installing prometheus (promtool and a server for the metrics tests)" >&2
+    apt_install prometheus
+  fi
 }

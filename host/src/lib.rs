@@ -6,7 +6,7 @@
 //!   into chained task groups, and the key -> key group -> instance mapping.
 //! - [`runtime`]: record batches, the [`runtime::Operator`] interface, routers
 //!   with bounded channels (backpressure), the task loop, running a job.
-//! - [`state`]: the [`state::StateBackend`] trait and the in-memory backend.
+//! - [`state`]: the [`state::StateBackend`] trait, the memory and RocksDB backends.
 //! - [`time`]: watermark generation, min-of-inputs, the timer service.
 //! - [`wasm`]: the sandboxed engine, compile cache, host side of the guest
 //!   contract (`guest-sdk/wit`), and the operator that drives a guest.
@@ -17,6 +17,7 @@
 //! - [`connectors`]: generator and file sources; stdout, file, discard sinks.
 //! - [`operators`]: native twins of the example operators, for benchmarks.
 //! - [`api`]: the REST API (`weir serve`): module registry, jobs, savepoints.
+//! - [`metrics`]: Prometheus metrics of the process (`GET /metrics`).
 //! - [`bench`]: `weir bench`.
 //! - [`cli`]: the `weir` command line.
 
@@ -26,6 +27,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod connectors;
 pub mod graph;
+pub mod metrics;
 pub mod operators;
 pub mod runtime;
 pub mod state;

@@ -246,6 +246,16 @@ async fn openapi() -> Json<serde_json::Value> {
 
 const OPENAPI: &str = include_str!("openapi.json");
 
+async fn prometheus_metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::metrics().render(),
+    )
+}
+
 /// A configured server: its routes and state, not yet listening.
 pub struct Server {
     pub token: String,
@@ -274,6 +284,9 @@ impl Server {
         });
         let router = Router::new()
             .route("/v1/health", get(|| async { "ok" }))
+            // Open like the health check, for scrapers: counts and timings,
+            // no record contents.
+            .route("/metrics", get(prometheus_metrics))
             .route("/v1/openapi.json", get(openapi))
             .route(
                 "/v1/modules",

@@ -10,13 +10,17 @@
 //! checkpoints every interval (to a temporary folder), in the same process
 //! after the runs without, and `checkpoint_vs_none` is the ratio of their
 //! throughput.
+//!
+//! With `--state rocksdb`, the Wasm workload also runs with memory state as
+//! the baseline (`rocksdb_vs_memory`). Peak RSS is measured per variant: the
+//! kernel's high-water mark is reset before each one.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::graph::spec::{CheckpointSpec, JobSpec};
+use crate::graph::spec::{CheckpointSpec, JobSpec, RocksDbSpec, StateBackendKind};
 use crate::runtime::{JobEnv, JobError, JobReport, RestoreFrom, StartOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +40,7 @@ pub struct BenchOptions {
     pub events: u64,
     pub parallelism: u32,
     pub state: String,
+    pub keys: u64,
     pub checkpoint_interval_ms: u64,
     pub runs: usize,
     pub batch_size: usize,
@@ -47,6 +52,7 @@ pub struct BenchResult {
     pub events: u64,
     pub parallelism: u32,
     pub state: String,
+    pub keys: u64,
     pub checkpoint_interval_ms: u64,
     pub batch_size: usize,
     pub runs: usize,
@@ -64,6 +70,10 @@ pub struct BenchResult {
     pub checkpointed_events_per_sec: Option<f64>,
     pub checkpoint_vs_none: Option<f64>,
     pub checkpoints_completed: Option<u64>,
+    /// With `--state rocksdb`: the same Wasm workload on memory state.
+    pub memory_events_per_sec: Option<f64>,
+    pub memory_peak_rss_bytes: Option<u64>,
+    pub rocksdb_vs_memory: Option<f64>,
     pub output_ok: bool,
 }
 
@@ -72,6 +82,7 @@ pub struct BenchResult {
 struct Variant {
     native: bool,
     checkpoint_interval: Option<Duration>,
+    state: StateBackendKind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,8 +94,6 @@ pub enum BenchError {
     #[error("workload {workload}: wrong output: {problem}")]
     WrongOutput { workload: String, problem: String },
 }
-
-const KEYS: u64 = 10_000;
 
 impl Workload {
     fn name(self) -> &'static str {
@@ -112,18 +121,19 @@ impl Workload {
         };
         let text = format!(
             "name: bench-{}\nparallelism: {}\nbatch: {{size: {}}}\n\
-             source: {{type: generator, events: {}, keys: {KEYS}}}\n\
+             source: {{type: generator, events: {}, keys: {}}}\n\
              operators: [{operator}]\nsink: {{type: discard}}\n",
             self.name(),
             o.parallelism,
             o.batch_size,
-            o.events
+            o.events,
+            o.keys
         );
         JobSpec::parse(&text).expect("bench specs are valid")
     }
 
     /// Checks count and content of the output against the definition.
-    fn check(self, events: u64, report: &JobReport) -> Result<(), String> {
+    fn check(self, events: u64, keys: u64, report: &JobReport) -> Result<(), String> {
         let (records, sum) = match self {
             Workload::Passthrough => {
                 // i odd <=> i + 1 even: keep i + 1 for odd i.
@@ -134,15 +144,16 @@ impl Workload {
                 (odd, sum)
             }
             Workload::KeyedCount => {
-                let sum = (0..KEYS.min(events)).fold(0u64, |s, k| {
-                    let c = events / KEYS + u64::from(k < events % KEYS);
+                let sum = (0..keys.min(events)).fold(0u64, |s, k| {
+                    let c = events / keys + u64::from(k < events % keys);
                     s.wrapping_add(c * (c + 1) / 2)
                 });
                 (events, sum)
             }
-            // 1000 events a window over 10000 keys: every (key, window)
-            // holds exactly one event.
-            Workload::WindowCount => (events, events),
+            // 1000 events a window over at least 1000 keys: every (key,
+            // window) holds exactly one event.
+            Workload::WindowCount if keys >= 1000 => (events, events),
+            Workload::WindowCount => return Ok(()),
         };
         if report.sink_records != records || report.sink_value_sum != sum {
             return Err(format!(
@@ -183,11 +194,18 @@ pub fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Resets the kernel's peak-RSS mark of this process (Linux 4.0+), so the
+/// next reading covers only what ran since.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 struct Measured {
     seconds: f64,
     cpu_seconds: f64,
     p99: Option<Duration>,
     checkpoints: u64,
+    peak_rss: u64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -211,6 +229,9 @@ fn run_fresh(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
     if let Some(c) = &spec.checkpoint {
         let _ = std::fs::remove_dir_all(&c.dir);
     }
+    if let Some(r) = &spec.rocksdb {
+        let _ = std::fs::remove_dir_all(&r.dir);
+    }
     report
 }
 
@@ -222,6 +243,13 @@ fn measure(
 ) -> Result<Vec<Measured>, BenchError> {
     let native = variant.native;
     let mut spec = workload.spec(o, native);
+    spec.state = variant.state;
+    if variant.state == StateBackendKind::Rocksdb {
+        spec.rocksdb = Some(RocksDbSpec {
+            dir: std::env::temp_dir().join(format!("weir-bench-state-{}", std::process::id())),
+            ..RocksDbSpec::default()
+        });
+    }
     spec.checkpoint = variant.checkpoint_interval.map(|interval| CheckpointSpec {
         interval,
         dir: std::env::temp_dir().join(format!("weir-bench-{}", std::process::id())),
@@ -249,11 +277,13 @@ fn measure(
     run_fresh(&warmup, env)?;
     let mut out = Vec::new();
     for _ in 0..o.runs.max(1) {
+        reset_peak_rss();
         let cpu0 = cpu_seconds();
         let report = run_fresh(&spec, env)?;
         let cpu = cpu_seconds() - cpu0;
+        let peak_rss = peak_rss_bytes();
         workload
-            .check(o.events, &report)
+            .check(o.events, o.keys, &report)
             .map_err(|problem| BenchError::WrongOutput {
                 workload: format!(
                     "{}{}",
@@ -267,23 +297,44 @@ fn measure(
             cpu_seconds: cpu,
             p99: report.latency.quantile(0.99),
             checkpoints: report.checkpoints.completed,
+            peak_rss,
         });
     }
     Ok(out)
 }
 
 pub fn run(o: &BenchOptions, env: &JobEnv) -> Result<BenchResult, BenchError> {
-    if o.state != "memory" {
-        return Err(BenchError::Unsupported(format!(
-            "state backend `{}` is not available in this build; use memory",
-            o.state
-        )));
+    let state = match o.state.as_str() {
+        "memory" => StateBackendKind::Memory,
+        "rocksdb" => StateBackendKind::Rocksdb,
+        other => {
+            return Err(BenchError::Unsupported(format!(
+                "unknown state backend `{other}`: use memory or rocksdb"
+            )));
+        }
+    };
+    if o.keys == 0 {
+        return Err(BenchError::Unsupported("--keys must be at least 1".into()));
     }
     let plain = Variant {
         native: false,
         checkpoint_interval: None,
+        state,
     };
     let wasm = measure(o.workload, o, env, plain)?;
+    let memory = if state == StateBackendKind::Rocksdb {
+        Some(measure(
+            o.workload,
+            o,
+            env,
+            Variant {
+                state: StateBackendKind::Memory,
+                ..plain
+            },
+        )?)
+    } else {
+        None
+    };
     let native = if o.workload.has_native() {
         Some(measure(
             o.workload,
@@ -321,6 +372,10 @@ pub fn run(o: &BenchOptions, env: &JobEnv) -> Result<BenchResult, BenchError> {
             .collect(),
     );
     let eps = o.events as f64 / seconds;
+    let memory_eps = memory
+        .as_ref()
+        .map(|m| o.events as f64 / median(m.iter().map(|m| m.seconds).collect()));
+    let peak = |runs: &[Measured]| runs.iter().map(|m| m.peak_rss).max().unwrap_or(0);
     let native_eps = native
         .as_ref()
         .map(|n| o.events as f64 / median(n.iter().map(|m| m.seconds).collect()));
@@ -332,6 +387,7 @@ pub fn run(o: &BenchOptions, env: &JobEnv) -> Result<BenchResult, BenchError> {
         events: o.events,
         parallelism: o.parallelism,
         state: o.state.clone(),
+        keys: o.keys,
         checkpoint_interval_ms: o.checkpoint_interval_ms,
         batch_size: o.batch_size,
         runs: o.runs.max(1),
@@ -340,7 +396,7 @@ pub fn run(o: &BenchOptions, env: &JobEnv) -> Result<BenchResult, BenchError> {
         events_per_sec: eps,
         events_per_cpu_sec: o.events as f64 / cpu.max(1e-9),
         p99_latency_ms: p99,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: peak(&wasm),
         native_events_per_sec: native_eps,
         native_cpu_seconds: native_cpu,
         wasm_vs_native: native_eps.map(|n| eps / n),
@@ -349,6 +405,9 @@ pub fn run(o: &BenchOptions, env: &JobEnv) -> Result<BenchResult, BenchError> {
         checkpoints_completed: checkpointed
             .as_ref()
             .map(|c| median(c.iter().map(|m| m.checkpoints as f64).collect()) as u64),
+        memory_events_per_sec: memory_eps,
+        memory_peak_rss_bytes: memory.as_deref().map(peak),
+        rocksdb_vs_memory: memory_eps.map(|m| eps / m),
         output_ok: true,
     })
 }

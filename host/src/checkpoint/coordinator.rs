@@ -123,6 +123,8 @@ pub struct CoordinatorConfig {
     pub max_parallelism: u32,
     pub source_splits: u32,
     pub modules: Vec<ModuleVersion>,
+    /// `memory` or `rocksdb`, for the state-size metric.
+    pub state_backend: &'static str,
 }
 
 /// Counters a job reports.
@@ -374,10 +376,18 @@ impl Coordinator {
         self.trigger(BarrierKind::Checkpoint, dir, None);
     }
 
+    fn count_failure(&mut self) {
+        self.counts.aborted += 1;
+        crate::metrics::metrics()
+            .checkpoints
+            .with_label_values(&[self.config.job.as_str(), "failed"])
+            .inc();
+    }
+
     fn abort(&mut self, reason: String) {
         let Some(p) = self.pending.take() else { return };
         tracing::warn!(job = %self.config.job, checkpoint = p.id, %reason, "checkpoint aborted");
-        self.counts.aborted += 1;
+        self.count_failure();
         let _ = std::fs::remove_dir_all(&*p.dir);
         if let Some(reply) = p.reply {
             let _ = reply.send(Err(CheckpointError::Aborted { id: p.id, reason }));
@@ -389,6 +399,38 @@ impl Coordinator {
         self.abort(reason.to_owned());
         for r in self.queued.drain(..) {
             let _ = r.reply.send(Err(CheckpointError::NotRunning));
+        }
+    }
+
+    fn record_metrics(&self, manifest: &Manifest, took: Duration) {
+        let m = crate::metrics::metrics();
+        let job = self.config.job.as_str();
+        m.checkpoints.with_label_values(&[job, "completed"]).inc();
+        m.checkpoint_seconds
+            .with_label_values(&[job])
+            .observe(took.as_secs_f64());
+        let size: u64 = manifest.files.iter().map(|f| f.size).sum();
+        m.checkpoint_bytes
+            .with_label_values(&[job])
+            .set(size as i64);
+        m.last_checkpoint_id
+            .with_label_values(&[job])
+            .set(manifest.checkpoint as i64);
+        m.last_checkpoint_timestamp
+            .with_label_values(&[job])
+            .set(manifest.created_ms as f64 / 1e3);
+        for task in &manifest.tasks {
+            let bytes = task.state.as_ref().map_or(0, |state| {
+                manifest
+                    .files
+                    .iter()
+                    .find(|f| f.name == state.file)
+                    .map_or(0, |f| f.size)
+            });
+            let label = format!("{}#{}", task.group, task.instance);
+            m.state_bytes
+                .with_label_values(&[job, label.as_str(), self.config.state_backend])
+                .set(bytes as i64);
         }
     }
 
@@ -422,7 +464,7 @@ impl Coordinator {
         };
         if let Err(e) = self.config.store.put_manifest(&p.dir, &manifest) {
             self.pending = None;
-            self.counts.aborted += 1;
+            self.count_failure();
             tracing::warn!(job = %self.config.job, checkpoint = p.id, error = %e, "checkpoint aborted");
             let _ = std::fs::remove_dir_all(&*p.dir);
             if let Some(reply) = p.reply {
@@ -436,6 +478,7 @@ impl Coordinator {
         self.counts.last_duration = Some(took);
         tracing::info!(job = %self.config.job, checkpoint = p.id, ms = took.as_millis() as u64,
             finished, "checkpoint complete");
+        self.record_metrics(&manifest, took);
         for part in manifest
             .tasks
             .iter()
@@ -489,6 +532,7 @@ mod tests {
             max_parallelism: 128,
             source_splits: 1,
             modules: Vec::new(),
+            state_backend: "memory",
         };
         let mut c =
             Coordinator::new(config, vec![Some(trigger), None], writer, Vec::new()).unwrap();

@@ -105,8 +105,12 @@ pub enum Command {
         events: u64,
         #[arg(long, default_value_t = 1)]
         parallelism: u32,
+        /// `memory` or `rocksdb` (which also runs memory as the baseline).
         #[arg(long, default_value = "memory")]
         state: String,
+        /// Distinct keys of the keyed workloads.
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
         #[arg(long, default_value_t = 0)]
         checkpoint_interval: u64,
         /// Measured runs per variant; figures are medians.
@@ -247,6 +251,7 @@ pub fn main() -> ExitCode {
             events,
             parallelism,
             state,
+            keys,
             checkpoint_interval,
             runs,
             batch_size,
@@ -264,6 +269,7 @@ pub fn main() -> ExitCode {
                 events,
                 parallelism,
                 state,
+                keys,
                 checkpoint_interval_ms: checkpoint_interval,
                 runs,
                 batch_size,
@@ -328,7 +334,15 @@ fn serve(
         eprintln!("weir serving on http://{}", listener.local_addr()?);
         server
             .serve(listener, async {
-                let _ = tokio::signal::ctrl_c().await;
+                // SIGTERM too: it is how containers and service managers stop
+                // a server.
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("a SIGTERM handler can be installed");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
             })
             .await
     });

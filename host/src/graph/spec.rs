@@ -45,6 +45,9 @@ pub struct JobSpec {
     pub max_parallelism: u32,
     #[serde(default)]
     pub state: StateBackendKind,
+    /// Folder and memory budget of `state: rocksdb`.
+    #[serde(default)]
+    pub rocksdb: Option<RocksDbSpec>,
     #[serde(default)]
     pub batch: BatchSpec,
     pub source: SourceSpec,
@@ -80,6 +83,54 @@ pub struct CheckpointSpec {
     /// A checkpoint not complete after this long is aborted.
     #[serde(default = "default_checkpoint_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+}
+
+/// `rocksdb: {dir: weir-data/state, block_cache: 64MiB, write_buffer: 16MiB, value_cache: 16MiB}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RocksDbSpec {
+    /// Working files (not durable: checkpoints are); each job below
+    /// `<dir>/<job name>/`.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// LRU cache of blocks shared by all instances of the job; memtables are
+    /// charged to it too.
+    #[serde(default = "default_block_cache", deserialize_with = "byte_size")]
+    pub block_cache: u64,
+    /// One memtable of one instance.
+    #[serde(default = "default_write_buffer", deserialize_with = "byte_size")]
+    pub write_buffer: u64,
+    /// Per instance: recently used value state kept in memory in front of
+    /// RocksDB (written back in batches).
+    #[serde(default = "default_value_cache", deserialize_with = "byte_size")]
+    pub value_cache: u64,
+}
+
+impl Default for RocksDbSpec {
+    fn default() -> Self {
+        RocksDbSpec {
+            dir: default_state_dir(),
+            block_cache: default_block_cache(),
+            write_buffer: default_write_buffer(),
+            value_cache: default_value_cache(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("weir-data/state")
+}
+
+fn default_block_cache() -> u64 {
+    64 << 20
+}
+
+fn default_write_buffer() -> u64 {
+    16 << 20
+}
+
+fn default_value_cache() -> u64 {
+    16 << 20
 }
 
 fn default_checkpoint_dir() -> PathBuf {
@@ -612,6 +663,41 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(n) => Ok(n),
+        Raw::Text(t) => parse_byte_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `4096`, `512KiB`, `64MiB`, `2GiB` (also `KB`, `MB`, `GB`, taken as
+/// powers of 1024 as RocksDB users expect).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 4096, 512KiB, 64MiB or 2GiB"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" | "KB" | "k" => 10,
+        "MiB" | "MB" | "m" => 20,
+        "GiB" | "GB" | "g" => 30,
+        other => return Err(format!("unknown size unit `{other}` in `{text}`")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -681,6 +767,12 @@ impl JobSpec {
                 resolve(path);
             }
         }
+        if self.state == StateBackendKind::Rocksdb && self.rocksdb.is_none() {
+            self.rocksdb = Some(RocksDbSpec::default());
+        }
+        if let Some(r) = &mut self.rocksdb {
+            resolve(&mut r.dir);
+        }
         if let Some(c) = &mut self.checkpoint {
             if !crate::checkpoint::storage::is_remote(&c.dir) {
                 resolve(&mut c.dir);
@@ -705,6 +797,17 @@ impl JobSpec {
         check_parallelism("parallelism", self.parallelism, self.max_parallelism)?;
         if self.batch.size == 0 || self.batch.size > 1 << 20 {
             return Err(invalid("batch.size", "must be between 1 and 1048576"));
+        }
+        if let Some(r) = &self.rocksdb {
+            if self.state != StateBackendKind::Rocksdb {
+                return Err(invalid("rocksdb", "is only used with `state: rocksdb`"));
+            }
+            if r.block_cache < 1 << 20 {
+                return Err(invalid("rocksdb.block_cache", "must be at least 1MiB"));
+            }
+            if r.write_buffer < 64 << 10 {
+                return Err(invalid("rocksdb.write_buffer", "must be at least 64KiB"));
+            }
         }
         if let Some(c) = &self.checkpoint {
             if c.interval < Duration::from_millis(10) {

@@ -85,7 +85,7 @@ struct KeyedCount {
 
 impl Operator for KeyedCount {
     fn snapshot(&mut self, out: &mut KeyedSnapshot) -> Result<(), OperatorError> {
-        out.add_backend(self.backend.as_ref())
+        out.add_backend(self.backend.as_mut())
             .map_err(|e| OperatorError::new(&self.info, e))
     }
 

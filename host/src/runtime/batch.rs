@@ -58,6 +58,11 @@ impl RecordBatch {
         self.entries.is_empty()
     }
 
+    /// Key and value bytes of all records.
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
     pub fn clear(&mut self) {
         self.data.clear();
         self.entries.clear();

@@ -45,7 +45,7 @@ use crate::runtime::router::{Envelope, Router};
 use crate::runtime::task::{
     FinalSnapshot, Head, SharedCounters, SourceTime, Tail, Task, TaskError, TaskLink, TaskStats,
 };
-use crate::state::MemoryBackend;
+use crate::state::{RocksDbConfig, RocksDbShared, StateFactory};
 use crate::time::{BoundedOutOfOrderness, InputWatermarks};
 use crate::wasm::{ModuleError, WasmModule, WasmRuntime};
 use crate::window::WindowOperator;
@@ -72,8 +72,6 @@ pub enum JobError {
     Connector(#[from] ConnectorError),
     #[error(transparent)]
     Operator(#[from] OperatorError),
-    #[error("state backend `{0:?}` is not available in this build")]
-    Unsupported(StateBackendKind),
     #[error("job `{job}`: {message}")]
     Internal { job: String, message: String },
     #[error(transparent)]
@@ -212,6 +210,7 @@ fn build_operator(
     instance: u32,
     max_parallelism: u32,
     shared: &SharedCounters,
+    state: &StateFactory,
 ) -> Result<(Box<dyn Operator>, InstanceInfo), OperatorError> {
     let key_groups = if plan.keyed {
         key_group_range(instance, max_parallelism, plan.parallelism)
@@ -227,7 +226,9 @@ fn build_operator(
         key_groups: key_groups.clone(),
         keyed: plan.keyed,
     };
-    let backend = Box::new(MemoryBackend::new(key_groups));
+    let backend = state
+        .create(&plan.name, instance, key_groups)
+        .map_err(|e| OperatorError::new(&info, e))?;
     let op: Box<dyn Operator> = match &plan.kind {
         OperatorKind::Wasm { module, config } => {
             let guest = wasm.instantiate(module, info.clone(), backend, config)?;
@@ -380,15 +381,13 @@ struct Prepared {
     operator_plans: Arc<Vec<OperatorPlan>>,
     modules: Vec<ModuleVersion>,
     store: Option<CheckpointStore>,
+    state: Arc<StateFactory>,
 }
 
 /// Checks the spec and loads the modules (so those errors come back at
 /// once), then runs the job on a runner thread.
 pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobHandle, JobError> {
     spec.validate()?;
-    if spec.state != StateBackendKind::Memory {
-        return Err(JobError::Unsupported(spec.state));
-    }
     let groups = plan(spec);
     let mut operator_plans = Vec::new();
     let mut modules = Vec::new();
@@ -460,19 +459,41 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
     if let Some(c) = &initial {
         check_compatible(spec, c)?;
     }
+    let state = Arc::new(match spec.state {
+        StateBackendKind::Memory => StateFactory::Memory,
+        StateBackendKind::Rocksdb => {
+            let r = spec.rocksdb.clone().unwrap_or_default();
+            StateFactory::RocksDb(RocksDbShared::new(
+                RocksDbConfig {
+                    dir: r.dir,
+                    block_cache_bytes: r.block_cache as usize,
+                    write_buffer_bytes: r.write_buffer as usize,
+                    value_cache_bytes: r.value_cache as usize,
+                },
+                &spec.name,
+            ))
+        }
+    });
     let prepared = Prepared {
         spec: spec.clone(),
         env: env.clone(),
         operator_plans: Arc::new(operator_plans),
         modules,
         store,
+        state,
     };
     let (commands, command_rx) = crossbeam_channel::unbounded();
     let records = Arc::new(AtomicU64::new(0));
     let progress = records.clone();
     let thread = std::thread::Builder::new()
         .name(format!("weir-job-{}", spec.name))
-        .spawn(move || run_attempts(&prepared, initial, &command_rx, &progress))
+        .spawn(move || {
+            let running = &crate::metrics::metrics().jobs_running;
+            running.inc();
+            let result = run_attempts(&prepared, initial, &command_rx, &progress);
+            running.dec();
+            result
+        })
         .map_err(|e| JobError::Internal {
             job: spec.name.clone(),
             message: format!("cannot start the job's runner thread: {e}"),
@@ -564,6 +585,10 @@ fn run_attempts(
             Err(RunError::Cancelled) => return Err(JobError::Cancelled(spec.name.clone())),
             Err(RunError::Failed(e)) => {
                 restarts += 1;
+                crate::metrics::metrics()
+                    .restarts
+                    .with_label_values(&[spec.name.as_str()])
+                    .inc();
                 let Some(delay) = restart.delay_before(restarts) else {
                     return Err(e);
                 };
@@ -765,6 +790,7 @@ fn run_once(
             let ops = group.operators.clone();
             let plans = prepared.operator_plans.clone();
             let wasm = env.wasm.clone();
+            let state = prepared.state.clone();
             let side_sinks = side_sinks.clone();
             let job = spec.name.clone();
             let max_parallelism = spec.max_parallelism;
@@ -784,6 +810,7 @@ fn run_once(
                 final_state: checkpointing,
                 cancel: cancel.clone(),
                 shared: shared.clone(),
+                job: spec.name.clone(),
             };
             let thread_name = name.clone();
             let body = move || -> Result<TaskStats, TaskError> {
@@ -791,8 +818,15 @@ fn run_once(
                 let mut operators = Vec::new();
                 let mut sides = Vec::new();
                 for &i in &ops {
-                    let (mut op, info) =
-                        build_operator(&wasm, &plans[i], &job, instance, max_parallelism, &shared)?;
+                    let (mut op, info) = build_operator(
+                        &wasm,
+                        &plans[i],
+                        &job,
+                        instance,
+                        max_parallelism,
+                        &shared,
+                        &state,
+                    )?;
                     if let Some(c) = &restore {
                         c.restore_operator(&info, op.as_mut())?;
                     }
@@ -853,6 +887,10 @@ fn run_once(
             max_parallelism: spec.max_parallelism,
             source_splits,
             modules: prepared.modules.clone(),
+            state_backend: match spec.state {
+                StateBackendKind::Memory => "memory",
+                StateBackendKind::Rocksdb => "rocksdb",
+            },
         },
         triggers,
         write_tx,

@@ -41,6 +41,7 @@ use crate::checkpoint::coordinator::WriteRequest;
 use crate::checkpoint::manifest::{SinkSnapshot, SourceSnapshot, TaskSnapshot, encode_state_file};
 use crate::checkpoint::{Barrier, CheckpointId};
 use crate::connectors::{ConnectorError, Poll, Sink, Source};
+use crate::metrics::{OperatorMetrics, TaskMetrics};
 use crate::runtime::batch::RecordBatch;
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{Operator, OperatorError, Output};
@@ -90,6 +91,7 @@ pub struct TaskLink {
     /// Set when the job is being torn down after a failure.
     pub cancel: Arc<AtomicBool>,
     pub shared: SharedCounters,
+    pub job: String,
 }
 
 /// A task's snapshot and the bytes of its state file, if it has state.
@@ -100,6 +102,7 @@ struct Alignment {
     barrier: Barrier,
     /// Per input: its barrier (or its end) has arrived.
     arrived: Vec<bool>,
+    started: Instant,
 }
 
 impl Alignment {
@@ -206,6 +209,10 @@ pub struct Task {
     watermark: i64,
     stats: TaskStats,
     last_snapshot: CheckpointId,
+    operator_metrics: Vec<OperatorMetrics>,
+    metrics: TaskMetrics,
+    /// Backpressure time already added to the metric.
+    blocked_reported: Duration,
 }
 
 impl Task {
@@ -225,7 +232,17 @@ impl Task {
                 side: vec![RecordBatch::new(); op.side_outputs().len()],
             })
             .collect();
+        let task_label = name.split_once('/').map_or(name.as_str(), |(_, t)| t);
+        let operator_metrics = link
+            .operator_names
+            .iter()
+            .map(|op| OperatorMetrics::new(&link.job, op, link.instance))
+            .collect();
+        let metrics = TaskMetrics::new(&link.job, task_label);
         Task {
+            operator_metrics,
+            metrics,
+            blocked_reported: Duration::ZERO,
             name,
             head,
             operators,
@@ -393,16 +410,40 @@ impl Task {
                 if !batch.is_empty() {
                     sink.write(batch)?;
                     if let Some(origin) = batch.origin {
-                        self.shared
-                            .latency
-                            .record(origin.elapsed(), batch.len() as u64);
+                        let elapsed = origin.elapsed();
+                        self.shared.latency.record(elapsed, batch.len() as u64);
+                        self.metrics
+                            .latency_ingestion
+                            .observe(elapsed.as_secs_f64());
+                    }
+                    // Event time is wall-clock time only for some sources:
+                    // a lag beyond a day means it is not, and is not shown.
+                    if let Some(t) = batch.max_timestamp() {
+                        let lag = now_millis().saturating_sub(t);
+                        if (0..86_400_000).contains(&lag) {
+                            self.metrics.latency_event_time.observe(lag as f64 / 1e3);
+                        }
                     }
                 }
                 Ok(())
             }
-            Tail::Router(router) => router.write(batch).map_err(|d| TaskError::PeerStopped {
-                task: format!("{}: {d:?}", self.name),
-            }),
+            Tail::Router(router) => {
+                let r = router.write(batch).map_err(|d| TaskError::PeerStopped {
+                    task: format!("{}: {d:?}", self.name),
+                });
+                self.report_blocked();
+                r
+            }
+        }
+    }
+
+    fn report_blocked(&mut self) {
+        if let Tail::Router(router) = &self.tail
+            && router.blocked > self.blocked_reported
+        {
+            let delta = router.blocked - self.blocked_reported;
+            self.blocked_reported = router.blocked;
+            self.metrics.backpressure.inc_by(delta.as_secs_f64());
         }
     }
 
@@ -434,7 +475,14 @@ impl Task {
             let out = &mut rest[0];
             out.clear();
             let source = if i == from { input } else { &done[i - 1].main };
+            let started = Instant::now();
             self.operators[i].process(source, out)?;
+            let m = &self.operator_metrics[i];
+            m.batch_seconds.observe(started.elapsed().as_secs_f64());
+            m.records_in.inc_by(source.len() as u64);
+            m.bytes_in.inc_by(source.byte_len() as u64);
+            m.records_out.inc_by(out.main.len() as u64);
+            m.bytes_out.inc_by(out.main.byte_len() as u64);
             out.main.origin = source.origin;
             self.route_side_outputs(i)?;
             if self.outputs[i].main.is_empty() {
@@ -476,6 +524,12 @@ impl Task {
             return Ok(());
         }
         self.watermark = watermark;
+        if watermark != i64::MAX {
+            self.metrics.watermark.set(watermark as f64 / 1e3);
+            self.metrics
+                .watermark_lag
+                .set(now_millis().saturating_sub(watermark) as f64 / 1e3);
+        }
         self.fire_in_order(&|op, out| op.advance_watermark(watermark, out))?;
         if let Tail::Router(router) = &mut self.tail {
             router
@@ -509,6 +563,7 @@ impl Task {
                 .map_err(|_| TaskError::PeerStopped {
                     task: String::new(),
                 })?;
+            self.report_blocked();
         }
         Ok(())
     }
@@ -606,6 +661,10 @@ impl Task {
                 self.shared
                     .far_future_records
                     .fetch_add(beyond, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::metrics()
+                    .far_future_records
+                    .with_label_values(&[self.link.job.as_str()])
+                    .inc_by(beyond);
                 tracing::warn!(task = %self.name, records = beyond,
                     "records more than the future horizon ahead of the clock do not move the watermark");
             }
@@ -677,6 +736,7 @@ impl Task {
             match event {
                 Event::Records(batch) => {
                     watermarks.activate(input);
+                    self.metrics.idle_inputs.set(watermarks.idle_count() as i64);
                     self.stats.records_in += batch.len() as u64;
                     self.run_chain(0, &batch)?;
                 }
@@ -690,6 +750,7 @@ impl Task {
                     if let Some(w) = watermarks.set_idle(input) {
                         self.advance_watermark(w)?;
                     }
+                    self.metrics.idle_inputs.set(watermarks.idle_count() as i64);
                     if !was_idle && watermarks.all_idle() {
                         self.broadcast_idle()?;
                     }
@@ -698,6 +759,7 @@ impl Task {
                     let a = alignment.get_or_insert_with(|| Alignment {
                         barrier: barrier.clone(),
                         arrived: ended.clone(),
+                        started: Instant::now(),
                     });
                     if a.barrier.id != barrier.id {
                         return Err(self.internal(format!(
@@ -718,6 +780,9 @@ impl Task {
                 }
             }
             if let Some(a) = alignment.take_if(|a| a.complete()) {
+                self.metrics
+                    .alignment
+                    .observe(a.started.elapsed().as_secs_f64());
                 self.checkpoint(&a.barrier, None)?;
                 if a.barrier.stops() {
                     return self.stop();

@@ -76,7 +76,8 @@ impl KeyedSnapshot {
     }
 
     /// Adds every state entry of `backend`, key group by key group.
-    pub fn add_backend(&mut self, backend: &dyn StateBackend) -> Result<(), StateError> {
+    pub fn add_backend(&mut self, backend: &mut dyn StateBackend) -> Result<(), StateError> {
+        backend.prepare_snapshot()?;
         for key_group in backend.key_groups() {
             let index = (key_group - self.first) as usize;
             let out = &mut self.groups[index];
@@ -277,7 +278,7 @@ mod tests {
         a.list_append(l, 3, b"k3", b"a").unwrap();
         a.list_append(l, 3, b"k3", b"b").unwrap();
         let mut snap = KeyedSnapshot::new(0..4);
-        snap.add_backend(&a).unwrap();
+        snap.add_backend(&mut a).unwrap();
         snap.push(
             3,
             SnapshotEntry::Timer {

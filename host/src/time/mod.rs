@@ -139,6 +139,11 @@ impl InputWatermarks {
         self.recompute()
     }
 
+    /// Inputs currently idle (excluded from the minimum).
+    pub fn idle_count(&self) -> usize {
+        self.idle.iter().filter(|&&i| i).count()
+    }
+
     /// True when no input that has not ended is active.
     pub fn all_idle(&self) -> bool {
         self.marks

@@ -246,11 +246,62 @@ impl CallState {
     }
 }
 
+/// The store's limits, counting the linear memory they let the guest have
+/// (for the memory metric).
+pub struct TrackedLimits {
+    inner: StoreLimits,
+    pub memory_bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for TrackedLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes += desired.saturating_sub(current);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 /// The data of one guest instance's store.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: TrackedLimits,
     pub call: CallState,
     pub stderr: GuestOutput,
 }
@@ -282,7 +333,10 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
-            limits,
+            limits: TrackedLimits {
+                inner: limits,
+                memory_bytes: 0,
+            },
             call: CallState {
                 info,
                 backend,

@@ -131,6 +131,9 @@ impl WasmRuntime {
                 message: format!("{e:#}"),
             })?;
         let compile_time = started.elapsed();
+        crate::metrics::metrics()
+            .module_compile_seconds
+            .observe(compile_time.as_secs_f64());
         let pre = self
             .prepare(&component)
             .map_err(|e| ModuleError::WrongWorld {
@@ -216,6 +219,7 @@ impl WasmRuntime {
         call.side_outputs = declared.side_outputs.clone();
         call.direct_side = vec![RecordBatch::new(); declared.side_outputs.len()];
         Ok(WasmOperator {
+            metrics: WasmMetrics::new(&info),
             info,
             store,
             guest,
@@ -253,8 +257,51 @@ fn trap_kind(e: &wasmtime::Error, store: &Store<HostState>, deadline_ms: u64) ->
 }
 
 /// One guest instance, driven batch by batch.
+/// A guest instance's series, resolved once.
+struct WasmMetrics {
+    calls: prometheus::IntCounter,
+    guest_seconds: prometheus::Counter,
+    memory_bytes: prometheus::IntGauge,
+}
+
+impl WasmMetrics {
+    fn new(info: &InstanceInfo) -> Self {
+        let m = crate::metrics::metrics();
+        let labels = [info.job.as_str(), info.operator.as_str()];
+        WasmMetrics {
+            calls: m.wasm_calls.with_label_values(&labels),
+            guest_seconds: m.wasm_guest_seconds.with_label_values(&labels),
+            memory_bytes: m.wasm_memory_bytes.with_label_values(&[
+                info.job.as_str(),
+                info.operator.as_str(),
+                info.instance.to_string().as_str(),
+            ]),
+        }
+    }
+
+    fn failed(info: &InstanceInfo, kind: &FailureKind) {
+        let m = crate::metrics::metrics();
+        let name = match kind {
+            FailureKind::Deadline { .. } => {
+                m.wasm_deadline_hits
+                    .with_label_values(&[info.job.as_str(), info.operator.as_str()])
+                    .inc();
+                "deadline"
+            }
+            FailureKind::Trap(message) if message.contains("memory") => "memory",
+            FailureKind::Trap(_) => "trap",
+            FailureKind::Guest(_) => "error",
+            _ => "output",
+        };
+        m.wasm_traps
+            .with_label_values(&[info.job.as_str(), info.operator.as_str(), name])
+            .inc();
+    }
+}
+
 pub struct WasmOperator {
     info: InstanceInfo,
+    metrics: WasmMetrics,
     store: Store<HostState>,
     guest: OperatorWorld,
     deadline_ticks: u64,
@@ -303,6 +350,9 @@ impl WasmOperator {
         let has_state = self.has_state;
         let call = &mut self.store.data_mut().call;
         call.begin_batch();
+        call.backend
+            .release_handles()
+            .map_err(|e| OperatorError::new(&self.info, e))?;
         self.entry_slots.clear();
         self.dedup.clear();
         self.handle_slots.clear();
@@ -401,23 +451,30 @@ impl WasmOperator {
     /// Calls the guest with the encoded input and applies its output.
     fn call_guest(&mut self, kind: BatchKind, out: &mut Output) -> Result<(), OperatorError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
+        let started = std::time::Instant::now();
         let result = match kind {
             BatchKind::Records => self.guest.call_process(&mut self.store, &self.input),
             BatchKind::Timers => self.guest.call_on_timer(&mut self.store, &self.input),
             BatchKind::Window => self.guest.call_window(&mut self.store, &self.input),
         };
-        let bytes = match result {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(message)) => return Err(self.fail(FailureKind::Guest(message))),
-            Err(e) => return Err(self.fail(trap_kind(&e, &self.store, self.deadline_ms))),
-        };
-        if bytes.len() > MAX_OUTPUT_BYTES {
-            return Err(self.fail(FailureKind::BadOutput(format!(
+        self.metrics.calls.inc();
+        self.metrics
+            .guest_seconds
+            .inc_by(started.elapsed().as_secs_f64());
+        self.metrics
+            .memory_bytes
+            .set(self.store.data().limits.memory_bytes as i64);
+        let failure = match result {
+            Ok(Ok(bytes)) if bytes.len() > MAX_OUTPUT_BYTES => FailureKind::BadOutput(format!(
                 "output of {} bytes exceeds the limit of {MAX_OUTPUT_BYTES}",
                 bytes.len()
-            ))));
-        }
-        self.apply_output(&bytes, out)
+            )),
+            Ok(Ok(bytes)) => return self.apply_output(&bytes, out),
+            Ok(Err(message)) => FailureKind::Guest(message),
+            Err(e) => trap_kind(&e, &self.store, self.deadline_ms),
+        };
+        WasmMetrics::failed(&self.info, &failure);
+        Err(self.fail(failure))
     }
 
     fn apply_output(&mut self, bytes: &[u8], out: &mut Output) -> Result<(), OperatorError> {
@@ -695,9 +752,11 @@ impl Operator for WasmOperator {
     }
 
     fn snapshot(&mut self, out: &mut KeyedSnapshot) -> Result<(), OperatorError> {
+        let info = &self.info;
+        let call = &mut self.store.data_mut().call;
+        out.add_backend(call.backend.as_mut())
+            .map_err(|e| OperatorError::new(info, e))?;
         let call = &self.store.data().call;
-        out.add_backend(call.backend.as_ref())
-            .map_err(|e| self.fail(e))?;
         for (domain, time, key) in call.timers.iter() {
             let group = key_group(key, self.info.max_parallelism);
             out.push(group, SnapshotEntry::Timer { domain, time, key })

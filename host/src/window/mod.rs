@@ -347,6 +347,10 @@ impl Operator for WindowOperator {
         }
         if late > 0 {
             self.late_records.fetch_add(late, Ordering::Relaxed);
+            crate::metrics::metrics()
+                .late_records
+                .with_label_values(&[self.info.job.as_str()])
+                .inc_by(late);
         }
         let batch = std::mem::take(&mut self.batch);
         let r = self.inner.run_window(&batch, out);

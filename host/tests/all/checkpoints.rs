@@ -226,7 +226,7 @@ fn killing_the_process_repeatedly_loses_and_duplicates_nothing() {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();

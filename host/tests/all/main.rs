@@ -4,10 +4,13 @@
 
 mod api;
 mod checkpoints;
+mod deploy;
 mod examples;
 mod keyed;
+mod metrics;
 mod runtime;
 mod sandbox;
 mod spec;
+mod state;
 mod support;
 mod windows;

@@ -1,0 +1,725 @@
+//! The RocksDB backend: keyed state on local disk, for state larger than memory.
+//!
+//! Each operator instance has its own RocksDB instance under
+//! `<rocksdb.dir>/<job>/<operator>-<instance>`. That folder is working space,
+//! not the durable copy of state (checkpoints are), so writes skip the
+//! write-ahead log and the folder is deleted when the backend is dropped, or
+//! when a later run finds it left over from a killed process.
+//!
+//! Key layout: `key group (u16 BE) | state id (u16 BE) | key length (u32 BE) |
+//! key | suffix`, the suffix being nothing for value state, the map key for
+//! map state and an append sequence number (u64 BE) for list state. The key
+//! group comes first so that one key group is one contiguous key range
+//! (snapshots and rescaling read it with one iterator); the length prefix
+//! keeps each key's entries contiguous and apart from every other key's. Map
+//! entries therefore come back in ascending map-key order and list items in
+//! append order, as from the memory backend.
+//!
+//! Value state goes through a write-back cache, like the record cache Kafka
+//! Streams keeps in front of its RocksDB stores: a hot key costs a hash probe
+//! instead of a RocksDB read and write per record. The cache is bounded in
+//! bytes; when it outgrows its budget its changes go to RocksDB in one write
+//! batch and it is emptied. A [`ValueHandle`] indexes the cache, so the cache
+//! is only emptied while no handle is out: after [`StateBackend::release_handles`]
+//! or before any handle was given out. [`StateBackend::prepare_snapshot`]
+//! writes pending changes, and iteration refuses to run while any are
+//! pending, so a snapshot never misses a write.
+//!
+//! All instances of a job share one LRU block cache, and their memtables are
+//! charged to that cache, so the job's RocksDB memory stays near
+//! `block_cache` whatever the number of instances or the size of the state.
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+use hashbrown::HashTable;
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, DBCompressionType, DBRawIterator, Options, ReadOptions,
+    WriteBatch, WriteBufferManager, WriteOptions,
+};
+
+use super::{MapEntries, StateBackend, StateEntry, StateError, StateId, StateKind, ValueHandle};
+
+/// Sizes and place of a job's RocksDB state (the spec's `rocksdb:` section).
+#[derive(Clone, Debug)]
+pub struct RocksDbConfig {
+    pub dir: PathBuf,
+    /// Shared by every instance of the job: data blocks, index and filter
+    /// blocks, and memtables.
+    pub block_cache_bytes: usize,
+    /// One memtable of one instance.
+    pub write_buffer_bytes: usize,
+    /// Per instance: the write-back cache of value state.
+    pub value_cache_bytes: usize,
+}
+
+/// What the instances of one job share.
+pub struct RocksDbShared {
+    config: RocksDbConfig,
+    job_dir: PathBuf,
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+impl RocksDbShared {
+    pub fn new(config: RocksDbConfig, job: &str) -> Self {
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        // Memtables may take up to half the budget before RocksDB flushes.
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            config.block_cache_bytes / 2,
+            false,
+            cache.clone(),
+        );
+        RocksDbShared {
+            job_dir: config.dir.join(job),
+            config,
+            cache,
+            write_buffers,
+        }
+    }
+
+    /// Opens an empty state for one operator instance.
+    pub fn open(
+        &self,
+        operator: &str,
+        instance: u32,
+        key_groups: Range<u32>,
+    ) -> Result<RocksDbBackend, StateError> {
+        assert!(
+            key_groups.end <= u32::from(u16::MAX) + 1,
+            "max parallelism is validated to fit key groups in 16 bits"
+        );
+        let path = self.job_dir.join(format!("{operator}-{instance}"));
+        let storage = |e: rocksdb::Error| StateError::Storage {
+            path: path.clone(),
+            message: e.into_string(),
+        };
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_block_size(16 << 10);
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.set_block_based_table_factory(&table);
+        options.set_write_buffer_manager(&self.write_buffers);
+        options.set_write_buffer_size(self.config.write_buffer_bytes);
+        options.set_compression_type(DBCompressionType::Lz4);
+        options.set_max_background_jobs(2);
+        if path.exists() {
+            // Left over from a process that was killed: its contents are
+            // superseded by whatever the job restores from.
+            DB::destroy(&options, &path).map_err(storage)?;
+            let _ = std::fs::remove_dir_all(&path);
+        }
+        std::fs::create_dir_all(&path).map_err(|e| StateError::Storage {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let db = DB::open(&options, &path).map_err(storage)?;
+        let mut write = WriteOptions::default();
+        write.disable_wal(true);
+        Ok(RocksDbBackend {
+            db,
+            _dir: RemoveOnDrop(path.clone()),
+            path,
+            write,
+            key_groups,
+            states: Vec::new(),
+            cache: ValueCache::default(),
+            cache_budget: self.config.value_cache_bytes,
+            key_buf: Vec::new(),
+        })
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Cached {
+    db_key: Box<[u8]>,
+    /// `None`: the key has no value (or had it removed).
+    value: Option<Vec<u8>>,
+    dirty: bool,
+}
+
+/// Per-entry bookkeeping counted against the cache budget.
+const CACHED_OVERHEAD: usize = 64;
+
+#[derive(Default)]
+struct ValueCache {
+    entries: Vec<Cached>,
+    index: HashTable<u32>,
+    bytes: usize,
+    dirty: usize,
+    handles_out: bool,
+}
+
+fn hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+impl ValueCache {
+    fn find(&self, db_key: &[u8]) -> Option<u32> {
+        let entries = &self.entries;
+        self.index
+            .find(hash(db_key), |&i| &*entries[i as usize].db_key == db_key)
+            .copied()
+    }
+
+    fn insert(&mut self, db_key: &[u8], value: Option<Vec<u8>>, dirty: bool) -> u32 {
+        let at = self.entries.len() as u32;
+        self.bytes += db_key.len() + value.as_ref().map_or(0, Vec::len) + CACHED_OVERHEAD;
+        self.dirty += usize::from(dirty);
+        self.entries.push(Cached {
+            db_key: db_key.into(),
+            value,
+            dirty,
+        });
+        let entries = &self.entries;
+        self.index
+            .insert_unique(hash(db_key), at, |&i| hash(&entries[i as usize].db_key));
+        at
+    }
+
+    fn set(&mut self, at: u32, value: Option<&[u8]>) {
+        let entry = &mut self.entries[at as usize];
+        let old = entry.value.as_ref().map_or(0, Vec::len);
+        match (&mut entry.value, value) {
+            (Some(v), Some(new)) => {
+                v.clear();
+                v.extend_from_slice(new);
+            }
+            (slot, new) => *slot = new.map(<[u8]>::to_vec),
+        }
+        self.bytes = self.bytes - old + value.map_or(0, <[u8]>::len);
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.index.clear();
+        self.bytes = 0;
+        self.dirty = 0;
+    }
+}
+
+pub struct RocksDbBackend {
+    db: DB,
+    /// Declared after `db` so the folder goes only once RocksDB closed it.
+    _dir: RemoveOnDrop,
+    path: PathBuf,
+    write: WriteOptions,
+    key_groups: Range<u32>,
+    states: Vec<(String, StateKind)>,
+    cache: ValueCache,
+    cache_budget: usize,
+    key_buf: Vec<u8>,
+}
+
+const PREFIX_LEN: usize = 8;
+
+fn encode_key(out: &mut Vec<u8>, key_group: u32, id: StateId, key: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&(key_group as u16).to_be_bytes());
+    out.extend_from_slice(&(id as u16).to_be_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.last_mut() {
+        if *last < u8::MAX {
+            *last += 1;
+            return end;
+        }
+        end.pop();
+    }
+    // Unreachable for our keys: the leading key group is below 0x8000.
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+/// A stored key split into its parts.
+struct DecodedKey<'a> {
+    state: StateId,
+    key: &'a [u8],
+    suffix: &'a [u8],
+}
+
+fn decode_key(db_key: &[u8]) -> Option<DecodedKey<'_>> {
+    let state = u16::from_be_bytes(db_key.get(2..4)?.try_into().ok()?);
+    let len = u32::from_be_bytes(db_key.get(4..8)?.try_into().ok()?) as usize;
+    let key = db_key.get(PREFIX_LEN..PREFIX_LEN + len)?;
+    Some(DecodedKey {
+        state: StateId::from(state),
+        key,
+        suffix: &db_key[PREFIX_LEN + len..],
+    })
+}
+
+impl RocksDbBackend {
+    fn storage(&self, e: rocksdb::Error) -> StateError {
+        StateError::Storage {
+            path: self.path.clone(),
+            message: e.into_string(),
+        }
+    }
+
+    fn check(&self, id: StateId, key_group: u32, used: StateKind) -> Result<(), StateError> {
+        if !self.key_groups.contains(&key_group) {
+            return Err(StateError::KeyGroupNotOwned {
+                key_group,
+                owned: self.key_groups.clone(),
+            });
+        }
+        let &(_, actual) = self
+            .states
+            .get(id as usize)
+            .ok_or(StateError::UnknownState(id))?;
+        if actual != used {
+            return Err(StateError::WrongKind { id, actual, used });
+        }
+        Ok(())
+    }
+
+    /// Encodes the key into `key_buf` after checking the access.
+    fn key(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+        used: StateKind,
+    ) -> Result<(), StateError> {
+        self.check(id, key_group, used)?;
+        encode_key(&mut self.key_buf, key_group, id, key);
+        Ok(())
+    }
+
+    /// The cache entry of the key in `key_buf`, read from RocksDB on a miss.
+    fn cached(&mut self) -> Result<u32, StateError> {
+        if let Some(at) = self.cache.find(&self.key_buf) {
+            return Ok(at);
+        }
+        let value = self
+            .db
+            .get_pinned(&self.key_buf)
+            .map_err(|e| self.storage(e))?
+            .map(|v| v.to_vec());
+        Ok(self.cache.insert(&self.key_buf, value, false))
+    }
+
+    fn flush_cache(&mut self) -> Result<(), StateError> {
+        if self.cache.dirty == 0 {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for entry in self.cache.entries.iter_mut().filter(|e| e.dirty) {
+            match &entry.value {
+                Some(v) => batch.put(&entry.db_key, v),
+                None => batch.delete(&entry.db_key),
+            }
+            entry.dirty = false;
+        }
+        self.cache.dirty = 0;
+        self.db
+            .write_opt(batch, &self.write)
+            .map_err(|e| self.storage(e))
+    }
+
+    fn evict_if_full(&mut self) -> Result<(), StateError> {
+        if self.cache.handles_out || self.cache.bytes <= self.cache_budget {
+            return Ok(());
+        }
+        self.flush_cache()?;
+        self.cache.clear();
+        Ok(())
+    }
+
+    fn iterate(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let mut read = ReadOptions::default();
+        read.set_iterate_upper_bound(prefix_end(prefix));
+        // A snapshot or a list read touches each block once: keep it out of
+        // the cache the hot keys live in.
+        read.fill_cache(false);
+        let mut it: DBRawIterator<'_> = self.db.raw_iterator_opt(read);
+        it.seek(prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            visit(k, v)?;
+            it.next();
+        }
+        it.status().map_err(|e| self.storage(e))
+    }
+
+    fn delete_prefix(&self, prefix: &[u8]) -> Result<(), StateError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range(prefix, &prefix_end(prefix)[..]);
+        self.db
+            .write_opt(batch, &self.write)
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Bytes of state on disk and in memtables, for reports.
+    pub fn approximate_bytes(&self) -> u64 {
+        let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables")
+    }
+}
+
+impl StateBackend for RocksDbBackend {
+    fn register(&mut self, name: &str, kind: StateKind) -> Result<StateId, StateError> {
+        if let Some(i) = self.states.iter().position(|(n, _)| n == name) {
+            let existing = self.states[i].1;
+            if existing != kind {
+                return Err(StateError::KindMismatch {
+                    name: name.to_owned(),
+                    existing,
+                    requested: kind,
+                });
+            }
+            return Ok(i as StateId);
+        }
+        if self.states.len() > usize::from(u16::MAX) {
+            return Err(StateError::TooManyStates);
+        }
+        self.states.push((name.to_owned(), kind));
+        Ok((self.states.len() - 1) as StateId)
+    }
+
+    fn key_groups(&self) -> Range<u32> {
+        self.key_groups.clone()
+    }
+
+    fn value_get_into(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<bool, StateError> {
+        self.key(id, key_group, key, StateKind::Value)?;
+        let at = self.cached()?;
+        let found = match &self.cache.entries[at as usize].value {
+            Some(v) => {
+                out.extend_from_slice(v);
+                true
+            }
+            None => false,
+        };
+        self.evict_if_full()?;
+        Ok(found)
+    }
+
+    fn value_put(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StateError> {
+        self.key(id, key_group, key, StateKind::Value)?;
+        match self.cache.find(&self.key_buf) {
+            Some(at) => self.cache.set(at, Some(value)),
+            None => {
+                // No read needed: the write replaces whatever is stored.
+                self.cache.insert(&self.key_buf, Some(value.to_vec()), true);
+            }
+        }
+        self.evict_if_full()
+    }
+
+    fn value_remove(&mut self, id: StateId, key_group: u32, key: &[u8]) -> Result<(), StateError> {
+        self.key(id, key_group, key, StateKind::Value)?;
+        match self.cache.find(&self.key_buf) {
+            Some(at) => self.cache.set(at, None),
+            None => {
+                self.cache.insert(&self.key_buf, None, true);
+            }
+        }
+        self.evict_if_full()
+    }
+
+    fn value_find(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+    ) -> Result<Option<ValueHandle>, StateError> {
+        self.key(id, key_group, key, StateKind::Value)?;
+        let at = self.cached()?;
+        self.cache.handles_out = true;
+        Ok(self.cache.entries[at as usize]
+            .value
+            .is_some()
+            .then_some(ValueHandle(at)))
+    }
+
+    fn value_read(&self, id: StateId, handle: ValueHandle) -> Result<&[u8], StateError> {
+        let stale = StateError::StaleHandle {
+            id,
+            handle: handle.0,
+        };
+        let entry = self.cache.entries.get(handle.0 as usize).ok_or(stale)?;
+        match (&entry.value, decode_key(&entry.db_key)) {
+            (Some(v), Some(k)) if k.state == id => Ok(v),
+            _ => Err(StateError::StaleHandle {
+                id,
+                handle: handle.0,
+            }),
+        }
+    }
+
+    fn value_write(
+        &mut self,
+        id: StateId,
+        handle: ValueHandle,
+        value: Option<&[u8]>,
+    ) -> Result<(), StateError> {
+        self.value_read(id, handle)?;
+        self.cache.set(handle.0, value);
+        Ok(())
+    }
+
+    fn release_handles(&mut self) -> Result<(), StateError> {
+        self.cache.handles_out = false;
+        self.evict_if_full()
+    }
+
+    fn prepare_snapshot(&mut self) -> Result<(), StateError> {
+        self.flush_cache()
+    }
+
+    fn map_get(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+        map_key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        self.key(id, key_group, key, StateKind::Map)?;
+        self.key_buf.extend_from_slice(map_key);
+        let value = self
+            .db
+            .get_pinned(&self.key_buf)
+            .map_err(|e| self.storage(e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn map_put(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+        map_key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StateError> {
+        self.key(id, key_group, key, StateKind::Map)?;
+        self.key_buf.extend_from_slice(map_key);
+        self.db
+            .put_opt(&self.key_buf, value, &self.write)
+            .map_err(|e| self.storage(e))
+    }
+
+    fn map_remove(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+        map_key: &[u8],
+    ) -> Result<(), StateError> {
+        self.key(id, key_group, key, StateKind::Map)?;
+        self.key_buf.extend_from_slice(map_key);
+        self.db
+            .delete_opt(&self.key_buf, &self.write)
+            .map_err(|e| self.storage(e))
+    }
+
+    fn map_entries(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+    ) -> Result<MapEntries, StateError> {
+        self.key(id, key_group, key, StateKind::Map)?;
+        let prefix_len = self.key_buf.len();
+        let mut entries = Vec::new();
+        self.iterate(&self.key_buf, |k, v| {
+            entries.push((k[prefix_len..].to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        Ok(entries)
+    }
+
+    fn map_clear(&mut self, id: StateId, key_group: u32, key: &[u8]) -> Result<(), StateError> {
+        self.key(id, key_group, key, StateKind::Map)?;
+        self.delete_prefix(&self.key_buf)
+    }
+
+    fn list_get(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StateError> {
+        self.key(id, key_group, key, StateKind::List)?;
+        let mut items = Vec::new();
+        self.iterate(&self.key_buf, |_, v| {
+            items.push(v.to_vec());
+            Ok(())
+        })?;
+        Ok(items)
+    }
+
+    fn list_append(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StateError> {
+        self.key(id, key_group, key, StateKind::List)?;
+        let prefix_len = self.key_buf.len();
+        // The last item's sequence number: the greatest key below prefix+max.
+        self.key_buf.extend_from_slice(&u64::MAX.to_be_bytes());
+        let next = {
+            let mut it = self.db.raw_iterator();
+            it.seek_for_prev(&self.key_buf);
+            let last = it
+                .key()
+                .filter(|k| {
+                    k.len() == prefix_len + 8 && k[..prefix_len] == self.key_buf[..prefix_len]
+                })
+                .map(|k| u64::from_be_bytes(k[prefix_len..].try_into().expect("8 bytes")));
+            it.status().map_err(|e| self.storage(e))?;
+            last.map_or(0, |seq| seq + 1)
+        };
+        self.key_buf.truncate(prefix_len);
+        self.key_buf.extend_from_slice(&next.to_be_bytes());
+        self.db
+            .put_opt(&self.key_buf, value, &self.write)
+            .map_err(|e| self.storage(e))
+    }
+
+    fn list_clear(&mut self, id: StateId, key_group: u32, key: &[u8]) -> Result<(), StateError> {
+        self.key(id, key_group, key, StateKind::List)?;
+        self.delete_prefix(&self.key_buf)
+    }
+
+    fn for_each_in_key_group(
+        &self,
+        key_group: u32,
+        visit: &mut dyn FnMut(StateEntry<'_>),
+    ) -> Result<(), StateError> {
+        if !self.key_groups.contains(&key_group) {
+            return Err(StateError::KeyGroupNotOwned {
+                key_group,
+                owned: self.key_groups.clone(),
+            });
+        }
+        if self.cache.dirty > 0 {
+            return Err(StateError::UnflushedWrites(self.cache.dirty));
+        }
+        let prefix = (key_group as u16).to_be_bytes();
+        self.iterate(&prefix, |db_key, value| {
+            let corrupt = || StateError::Storage {
+                path: self.path.clone(),
+                message: format!("undecodable key {}", hex::encode(db_key)),
+            };
+            let k = decode_key(db_key).ok_or_else(corrupt)?;
+            let (state, kind) = self.states.get(k.state as usize).ok_or_else(corrupt)?;
+            let state = state.as_str();
+            visit(match kind {
+                StateKind::Value => StateEntry::Value {
+                    state,
+                    key: k.key,
+                    value,
+                },
+                StateKind::Map => StateEntry::MapEntry {
+                    state,
+                    key: k.key,
+                    map_key: k.suffix,
+                    value,
+                },
+                StateKind::List => StateEntry::ListItem {
+                    state,
+                    key: k.key,
+                    value,
+                },
+            });
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn shared(dir: &Path, value_cache_bytes: usize) -> RocksDbShared {
+        RocksDbShared::new(
+            RocksDbConfig {
+                dir: dir.to_owned(),
+                block_cache_bytes: 8 << 20,
+                write_buffer_bytes: 1 << 20,
+                value_cache_bytes,
+            },
+            "test",
+        )
+    }
+
+    #[test]
+    fn a_tiny_value_cache_still_keeps_every_write_and_handles_stay_valid() {
+        let dir = std::env::temp_dir().join(format!("weir-rocks-{}", std::process::id()));
+        let shared = shared(&dir, 256);
+        let mut b = shared.open("op", 0, 0..4).unwrap();
+        let v = b.register("v", StateKind::Value).unwrap();
+        for i in 0u32..1000 {
+            b.value_put(v, i % 4, &i.to_le_bytes(), &(i * 2).to_le_bytes())
+                .unwrap();
+        }
+        let h = b.value_find(v, 1, &1u32.to_le_bytes()).unwrap().unwrap();
+        // Puts while a handle is out never evict the entry it points at.
+        for i in 1000u32..2000 {
+            b.value_put(v, i % 4, &i.to_le_bytes(), b"x").unwrap();
+        }
+        assert_eq!(b.value_read(v, h).unwrap(), 2u32.to_le_bytes());
+        b.value_write(v, h, Some(b"one")).unwrap();
+        b.release_handles().unwrap();
+        let mut out = Vec::new();
+        assert!(
+            b.value_get_into(v, 1, &1u32.to_le_bytes(), &mut out)
+                .unwrap()
+        );
+        assert_eq!(out, b"one");
+        b.value_remove(v, 2, &2u32.to_le_bytes()).unwrap();
+        assert!(matches!(
+            b.for_each_in_key_group(0, &mut |_| {}),
+            Err(StateError::UnflushedWrites(_))
+        ));
+        b.prepare_snapshot().unwrap();
+        let mut count = 0;
+        for g in 0..4 {
+            b.for_each_in_key_group(g, &mut |_| count += 1).unwrap();
+        }
+        assert_eq!(count, 1999);
+        drop(b);
+        assert!(!dir.join("test/op-0").exists(), "working files are removed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
