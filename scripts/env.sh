@@ -26,11 +26,13 @@ apt_install() {
 }
 
 # What the native dependencies build with: RocksDB's bindings are generated
-# by bindgen, which needs libclang; RocksDB itself needs a C++ compiler.
+# by bindgen, which needs libclang; RocksDB needs a C++ compiler; librdkafka
+# builds with cmake.
 install_build_deps() {
-  if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ! command -v g++ >/dev/null; then
-    echo "[weir] installing libclang-dev and g++ (for RocksDB)" >&2
-    apt_install libclang-dev g++
+  if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || ! command -v g++ >/dev/null \
+    || ! command -v cmake >/dev/null; then
+    echo "[weir] installing libclang-dev, g++ and cmake (for RocksDB and librdkafka)" >&2
+    apt_install libclang-dev g++ cmake
   fi
 }
 install_build_deps

@@ -26,7 +26,7 @@ use crossbeam_channel::Sender;
 use super::manifest::{FileEntry, Manifest, ManifestKind, ModuleVersion, TaskSnapshot};
 use super::storage::CheckpointStore;
 use super::{Barrier, BarrierKind, CheckpointError, CheckpointId};
-use crate::connectors::{SinkFactory, commit_part};
+use crate::connectors::SinkFactory;
 use crate::time::now_millis;
 
 /// A task's snapshot on its way to disk.
@@ -485,7 +485,7 @@ impl Coordinator {
             .flat_map(|t| &t.sinks)
             .flat_map(|s| &s.pending)
         {
-            if let Err(e) = commit_part(part) {
+            if let Err(e) = crate::connectors::commit_pending(part) {
                 tracing::error!(job = %self.config.job, checkpoint = p.id, error = %e, "commit failed");
             }
         }

@@ -13,6 +13,7 @@
 
 pub mod file;
 pub mod generator;
+pub mod kafka;
 pub mod sinks;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub enum ConnectorError {
     NoEmbeddedSource,
     #[error("the source cannot resume: {0}")]
     Resume(String),
+    #[error("kafka: {0}")]
+    Kafka(String),
 }
 
 /// Where a split is: enough to continue reading it exactly after the last
@@ -112,6 +115,24 @@ pub trait Source: Send {
     fn slowest_split_timestamp(&self) -> Option<i64> {
         None
     }
+
+    /// Splits of the whole source, when they are not one per instance (a
+    /// Kafka topic's partitions).
+    fn split_count(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// Commits what a complete checkpoint lists for a sink: a directory sink's
+/// part file, or a Kafka sink's transaction.
+pub fn commit_pending(item: &std::path::Path) -> Result<(), ConnectorError> {
+    match item
+        .to_str()
+        .and_then(|s| s.strip_prefix(kafka::TRANSACTION_PREFIX))
+    {
+        Some(id) => kafka::commit_transaction(id),
+        None => commit_part(item),
+    }
 }
 
 /// The source instance of `assignment`.
@@ -131,6 +152,7 @@ pub fn build_source(
             f.timestamp_field.clone(),
             assignment,
         )?),
+        SourceSpec::Kafka(k) => Box::new(kafka::KafkaSource::open(k, assignment)?),
         SourceSpec::Embedded(_) => return Err(ConnectorError::NoEmbeddedSource),
     })
 }

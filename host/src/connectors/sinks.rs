@@ -128,6 +128,11 @@ enum Target {
         transactional: bool,
     },
     Discard,
+    Kafka {
+        spec: crate::graph::spec::KafkaSinkSpec,
+        job: String,
+        mode: SinkMode,
+    },
 }
 
 /// Makes the instances of one sink; they share its file and totals.
@@ -143,8 +148,16 @@ pub struct SinkFactory {
 }
 
 impl SinkFactory {
-    pub fn new(spec: &SinkSpec, mode: SinkMode) -> Result<Self, ConnectorError> {
+    pub fn new(spec: &SinkSpec, mode: SinkMode, job: &str) -> Result<Self, ConnectorError> {
         let (target, format) = match spec {
+            SinkSpec::Kafka(k) => (
+                Target::Kafka {
+                    spec: k.clone(),
+                    job: job.to_owned(),
+                    mode,
+                },
+                SinkFormat::default(),
+            ),
             SinkSpec::Stdout { format } => (Target::Stdout, *format),
             SinkSpec::Directory { path, format } => {
                 std::fs::create_dir_all(path).map_err(|source| io_error(path, source))?;
@@ -217,19 +230,29 @@ impl SinkFactory {
         self.committed.fetch_max(id, Ordering::Relaxed);
     }
 
-    pub fn instance(&self) -> Box<dyn Sink> {
-        Box::new(SinkInstance {
+    pub fn instance(&self) -> Result<Box<dyn Sink>, ConnectorError> {
+        let number = self.instances.fetch_add(1, Ordering::Relaxed);
+        if let Target::Kafka { spec, job, mode } = &*self.target {
+            return Ok(Box::new(super::kafka::KafkaSink::open(
+                spec,
+                job,
+                number,
+                *mode,
+                self.totals.clone(),
+            )?));
+        }
+        Ok(Box::new(SinkInstance {
             target: self.target.clone(),
             format: self.format,
             totals: self.totals.clone(),
             lines: Vec::new(),
-            number: self.instances.fetch_add(1, Ordering::Relaxed),
+            number,
             part: None,
             parts_started: 0,
             pending: Vec::new(),
             committed: self.committed.clone(),
             pace: self.rate.map(|r| (r, std::time::Instant::now(), 0)),
-        })
+        }))
     }
 }
 
@@ -331,7 +354,7 @@ impl Sink for SinkInstance {
                 .write_all(&self.lines)
                 .map_err(|source| io_error(path, source)),
             Target::Directory { .. } => self.write_part(),
-            Target::Discard => Ok(()),
+            Target::Discard | Target::Kafka { .. } => Ok(()),
         }
     }
 
@@ -370,7 +393,7 @@ impl Sink for SinkInstance {
             Target::Stdout => std::io::stdout()
                 .flush()
                 .map_err(|source| io_error(Path::new("<stdout>"), source)),
-            Target::Directory { .. } | Target::Discard => Ok(()),
+            Target::Directory { .. } | Target::Discard | Target::Kafka { .. } => Ok(()),
         }
     }
 }

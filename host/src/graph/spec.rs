@@ -263,6 +263,87 @@ pub enum SourceSpec {
     /// Records from a source the embedding program supplies in code
     /// ([`crate::runtime::JobEnv::embedded_source`]).
     Embedded(EmbeddedSource),
+    /// A Kafka topic, its partitions split across the instances.
+    Kafka(KafkaSourceSpec),
+}
+
+/// `{type: kafka, brokers: host:9092, topic: clicks, start: earliest}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceSpec {
+    pub brokers: String,
+    pub topic: String,
+    /// Where a fresh start begins: `earliest`, `latest` or `{timestamp: ms}`.
+    #[serde(default)]
+    pub start: KafkaStart,
+    /// Stop each partition at the end it first reaches (a finite data set).
+    #[serde(default)]
+    pub bounded: bool,
+    /// JSON field of the value that becomes the key (default: the Kafka key).
+    pub key_field: Option<String>,
+    /// JSON field of the value holding the event time in milliseconds
+    /// (default: the record's Kafka timestamp).
+    pub timestamp_field: Option<String>,
+    pub parallelism: Option<u32>,
+    /// Records per second per instance, at most.
+    pub rate: Option<u64>,
+    #[serde(default)]
+    pub watermark: WatermarkSpec,
+    /// librdkafka consumer properties, passed through.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KafkaStart {
+    #[default]
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+impl<'de> Deserialize<'de> for KafkaStart {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            At { timestamp: i64 },
+        }
+        match Raw::deserialize(d)? {
+            Raw::Name(n) if n == "earliest" => Ok(KafkaStart::Earliest),
+            Raw::Name(n) if n == "latest" => Ok(KafkaStart::Latest),
+            Raw::Name(n) => Err(serde::de::Error::custom(format!(
+                "unknown start `{n}`, expected `earliest`, `latest` or `{{timestamp: MS}}`"
+            ))),
+            Raw::At { timestamp } => Ok(KafkaStart::Timestamp(timestamp)),
+        }
+    }
+}
+
+/// `{type: kafka, brokers: host:9092, topic: out, delivery: exactly-once}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkSpec {
+    pub brokers: String,
+    pub topic: String,
+    #[serde(default)]
+    pub delivery: KafkaDelivery,
+    /// Transactional ids are `<prefix>-<instance>-<slot>`; default
+    /// `weir-<job>`. Two jobs writing with the same prefix fence each other.
+    pub transactional_id_prefix: Option<String>,
+    /// librdkafka producer properties, passed through.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum KafkaDelivery {
+    #[default]
+    AtLeastOnce,
+    /// Kafka transactions committed by checkpoints (needs `checkpoint`).
+    ExactlyOnce,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -315,8 +396,9 @@ impl<'de> Deserialize<'de> for SourceSpec {
             "generator" => tagged_body(body).map(SourceSpec::Generator),
             "file" => tagged_body(body).map(SourceSpec::File),
             "embedded" => tagged_body(body).map(SourceSpec::Embedded),
+            "kafka" => tagged_body(body).map(SourceSpec::Kafka),
             other => Err(serde::de::Error::custom(format!(
-                "unknown source type `{other}`, expected `generator`, `file` or `embedded`"
+                "unknown source type `{other}`, expected `generator`, `file`, `kafka` or `embedded`"
             ))),
         }
     }
@@ -571,6 +653,7 @@ pub enum SinkSpec {
     Discard {
         rate: Option<u64>,
     },
+    Kafka(KafkaSinkSpec),
 }
 
 #[derive(Deserialize)]
@@ -611,8 +694,9 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 format: s.format,
             }),
             "discard" => tagged_body(body).map(|d: DiscardSink| SinkSpec::Discard { rate: d.rate }),
+            "kafka" => tagged_body(body).map(SinkSpec::Kafka),
             other => Err(serde::de::Error::custom(format!(
-                "unknown sink type `{other}`, expected `stdout`, `file`, `directory` or `discard`"
+                "unknown sink type `{other}`, expected `stdout`, `file`, `directory`, `kafka` or `discard`"
             ))),
         }
     }
@@ -871,6 +955,43 @@ impl JobSpec {
                     check_parallelism("source.parallelism", *p, self.max_parallelism)?;
                 }
             }
+            SourceSpec::Kafka(k) => {
+                if k.brokers.trim().is_empty() {
+                    return Err(invalid("source.brokers", "must name at least one broker"));
+                }
+                if k.topic.trim().is_empty() {
+                    return Err(invalid("source.topic", "must not be empty"));
+                }
+                if k.rate.is_some_and(|r| r == 0) {
+                    return Err(invalid(
+                        "source.rate",
+                        "must be at least 1 record per second",
+                    ));
+                }
+                if let Some(p) = k.parallelism {
+                    check_parallelism("source.parallelism", p, self.max_parallelism)?;
+                }
+            }
+        }
+        let sinks = std::iter::once(("sink".to_owned(), &self.sink)).chain(
+            self.operators.iter().enumerate().flat_map(|(i, o)| {
+                o.side_outputs
+                    .iter()
+                    .map(move |(name, s)| (format!("operators[{i}].side_outputs.{name}"), s))
+            }),
+        );
+        for (field, sink) in sinks {
+            if let SinkSpec::Kafka(k) = sink {
+                if k.brokers.trim().is_empty() || k.topic.trim().is_empty() {
+                    return Err(invalid(field, "a kafka sink needs `brokers` and `topic`"));
+                }
+                if k.delivery == KafkaDelivery::ExactlyOnce && self.checkpoint.is_none() {
+                    return Err(invalid(
+                        format!("{field}.delivery"),
+                        "exactly-once commits Kafka transactions at checkpoints: add `checkpoint`",
+                    ));
+                }
+            }
         }
         if self.operators.is_empty() {
             return Err(invalid("operators", "a job needs at least one operator"));
@@ -982,6 +1103,7 @@ impl JobSpec {
             SourceSpec::Generator(g) => g.parallelism.unwrap_or(self.parallelism),
             SourceSpec::File(_) => 1,
             SourceSpec::Embedded(e) => e.parallelism.unwrap_or(self.parallelism),
+            SourceSpec::Kafka(k) => k.parallelism.unwrap_or(self.parallelism),
         }
     }
 
@@ -990,6 +1112,7 @@ impl JobSpec {
             SourceSpec::Generator(g) => g.watermark,
             SourceSpec::File(f) => f.watermark,
             SourceSpec::Embedded(e) => e.watermark,
+            SourceSpec::Kafka(k) => k.watermark,
         }
     }
 }
@@ -1052,6 +1175,45 @@ sink: {type: discard}
         let bad = MINIMAL.replace("events: 10", "events: 10, colour: red");
         let err = JobSpec::parse(&bad).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn kafka_and_rocksdb_settings_are_checked() {
+        let kafka = MINIMAL
+            .replace(
+                "{type: generator, events: 10}",
+                "{type: kafka, brokers: 'b:9092', topic: t, start: {timestamp: 5}}",
+            )
+            .replace(
+                "{type: discard}",
+                "{type: kafka, brokers: 'b:9092', topic: o, delivery: exactly-once}",
+            );
+        let err = JobSpec::parse(&kafka).unwrap_err().to_string();
+        assert!(
+            err.contains("sink.delivery") && err.contains("checkpoint"),
+            "{err}"
+        );
+        let spec = JobSpec::parse(&format!("{kafka}checkpoint: {{interval: 1s}}\n")).unwrap();
+        assert!(
+            matches!(&spec.source, SourceSpec::Kafka(k) if k.start == KafkaStart::Timestamp(5))
+        );
+        let err = JobSpec::parse(&kafka.replace("start: {timestamp: 5}", "start: newest"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("newest"), "{err}");
+        let rocks = format!(
+            "{MINIMAL}state: rocksdb\nrocksdb: {{block_cache: 64MiB, value_cache: 1GiB}}\n"
+        );
+        let spec = JobSpec::parse(&rocks).unwrap();
+        assert_eq!(spec.rocksdb.unwrap().value_cache, 1 << 30);
+        let err = JobSpec::parse(&rocks.replace("64MiB", "64 furlongs"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("furlongs"), "{err}");
+        let err = JobSpec::parse(&format!("{MINIMAL}rocksdb: {{block_cache: 64MiB}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("state: rocksdb"), "{err}");
     }
 
     #[test]

@@ -656,7 +656,7 @@ fn run_once(
 
     // Sinks, and their folders brought to the restored checkpoint's state.
     let make_sink = |name: String, sink| -> Result<Arc<SinkFactory>, JobError> {
-        let factory = SinkFactory::new(sink, mode)?;
+        let factory = SinkFactory::new(sink, mode, &spec.name)?;
         if let Some(dir) = factory.directory() {
             let keep = restore
                 .as_ref()
@@ -718,7 +718,7 @@ fn run_once(
     };
     progress.store(0, Ordering::Relaxed);
     let watermark_spec = spec.watermark();
-    let source_splits = match &restore {
+    let mut source_splits = match &restore {
         Some(c) => c.manifest.source_splits,
         None => groups[0].parallelism,
     };
@@ -745,6 +745,11 @@ fn run_once(
                     (SourceSpec::Embedded(_), Some(make)) => make(&assignment),
                     _ => build_source(&spec.source, &assignment).map_err(|e| setup(e.into()))?,
                 };
+                if restore.is_none()
+                    && let Some(n) = source.split_count()
+                {
+                    source_splits = n;
+                }
                 let mut time = SourceTime::new(&watermark_spec);
                 if let Some(c) = &restore {
                     time.watermarks = BoundedOutOfOrderness::resuming(
@@ -784,7 +789,7 @@ fn run_once(
                     spec.max_parallelism,
                 ))
             } else {
-                Tail::Sink(main_sink.instance())
+                Tail::Sink(main_sink.instance().map_err(|e| setup(e.into()))?)
             };
             let name = format!("{}/{}#{}", spec.name, group_name(spec, group), instance);
             let ops = group.operators.clone();
@@ -831,12 +836,14 @@ fn run_once(
                         c.restore_operator(&info, op.as_mut())?;
                     }
                     link.operator_key_groups.push(info.key_groups.clone());
-                    sides.push(
-                        op.side_outputs()
-                            .iter()
-                            .map(|s| side_sinks[i].get(s).map(|f| f.instance()))
-                            .collect(),
-                    );
+                    let mut outputs = Vec::new();
+                    for s in op.side_outputs() {
+                        outputs.push(match side_sinks[i].get(s) {
+                            Some(f) => Some(f.instance()?),
+                            None => None,
+                        });
+                    }
+                    sides.push(outputs);
                     operators.push(op);
                 }
                 let mut task = Task::new(name, head, operators, sides, tail, batch_size, link);
@@ -1046,6 +1053,7 @@ fn group_name(spec: &JobSpec, group: &TaskGroup) -> String {
             SourceSpec::Generator(_) => "generator",
             SourceSpec::File(_) => "file",
             SourceSpec::Embedded(_) => "embedded",
+            SourceSpec::Kafka(_) => "kafka",
         });
     }
     parts.extend(

@@ -151,7 +151,7 @@ fn weir_run(spec: &Path) -> std::process::Command {
 
 /// Runs `weir run` on a spec, killing it with SIGKILL `kills` times at
 /// random moments (calling `after_kill` after each), then lets it finish.
-fn run_with_kills(
+pub fn run_with_kills(
     spec: &Path,
     kills: usize,
     seed: u64,

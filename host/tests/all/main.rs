@@ -6,6 +6,7 @@ mod api;
 mod checkpoints;
 mod deploy;
 mod examples;
+mod kafka;
 mod keyed;
 mod metrics;
 mod runtime;

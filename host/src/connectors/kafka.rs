@@ -1,0 +1,618 @@
+//! Kafka: a source reading a topic's partitions, and a sink writing a topic
+//! at least once or exactly once through transactions (librdkafka through
+//! `rdkafka`).
+//!
+//! Source. Partitions are the source's splits: partition `p` goes to
+//! instance `p % parallelism`, and a resumed job deals them out anew from
+//! the checkpoint's offsets. Offsets in checkpoints are the next offset to
+//! read; the consumer belongs to no group (the job assigns partitions) and
+//! commits nothing, so the checkpoint is the only position that counts. Start offsets (`earliest`, `latest`, a timestamp) are resolved
+//! when the instance starts, so even a partition that has produced nothing
+//! yet has a concrete offset in the next checkpoint. Event time is the
+//! record's Kafka timestamp or a JSON field of its value. Each partition's
+//! highest timestamp is tracked; the instance's watermark follows the
+//! slowest partition ([`Source::slowest_split_timestamp`]), leaving out a
+//! partition that has produced nothing for `idle_timeout` until it produces
+//! again. With `bounded: true` a partition ends at the first end of
+//! partition the consumer reaches (from the fetch's high watermark), so a
+//! job over a finished data set ends.
+//!
+//! Sink, exactly once (`delivery: exactly-once`, which needs checkpoints).
+//! Each sink instance owns a fixed pool of [`TRANSACTION_POOL`] transactional
+//! ids, `<prefix>-<instance>-<slot>`, stable across restarts. Starting an
+//! instance initialises every id of its pool, which fences producers of an
+//! earlier attempt and aborts their open transactions. Records go into the
+//! open transaction; at a checkpoint barrier the instance flushes it (the
+//! pre-commit: every record is on the broker, inside the transaction),
+//! hands its id to the checkpoint and opens the next transaction on a free
+//! id. When the checkpoint completes, the coordinator commits the
+//! transactions it lists ([`commit_transaction`]). A checkpoint that is
+//! aborted leaves its transaction open; the next complete one commits it.
+//! A producer error whose outcome is unknown fails the task, and recovery
+//! aborts what it left open.
+//!
+//! Limit: the commit happens after the checkpoint's manifest is written.
+//! librdkafka cannot commit a transaction begun by another producer
+//! instance, so if the process dies between those two steps (a window of
+//! one broker round trip), the restarted job finds the transaction aborted
+//! by the fencing and the records it held are missing from the output.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{ConnectorError, Poll, SinkMode, Source, SourceAssignment, SplitPosition};
+use crate::graph::spec::{KafkaDelivery, KafkaSinkSpec, KafkaSourceSpec, KafkaStart};
+use crate::runtime::batch::RecordBatch;
+
+/// Transactional ids per sink instance: one open transaction, and room for
+/// pre-committed ones whose checkpoints have not completed yet.
+pub const TRANSACTION_POOL: usize = 4;
+
+/// How long a broker call may take before its outcome counts as unknown.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn kafka_error(what: impl std::fmt::Display, e: KafkaError) -> ConnectorError {
+    ConnectorError::Kafka(format!("{what}: {e}"))
+}
+
+fn client_config(
+    brokers: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in properties {
+        config.set(k, v);
+    }
+    config
+}
+
+struct PartitionState {
+    partition: i32,
+    /// The offset of the next record to read.
+    next: i64,
+    max_timestamp: Option<i64>,
+    last_record: Instant,
+    ended: bool,
+}
+
+pub struct KafkaSource {
+    /// Always `Some` until dropped.
+    consumer: Option<BaseConsumer>,
+    topic: String,
+    partitions: Vec<PartitionState>,
+    /// Index into `partitions` by partition number.
+    index: HashMap<i32, usize>,
+    key_field: Option<String>,
+    timestamp_field: Option<String>,
+    bounded: bool,
+    idle_timeout: Option<Duration>,
+    split_count: u32,
+    pace: Option<(u64, Instant, u64)>,
+}
+
+impl KafkaSource {
+    pub fn open(
+        spec: &KafkaSourceSpec,
+        assignment: &SourceAssignment,
+    ) -> Result<Self, ConnectorError> {
+        let mut config = client_config(&spec.brokers, &spec.properties);
+        // librdkafka wants a group even for assigned partitions; nothing is
+        // committed to it.
+        config
+            .set("group.id", format!("weir-{}", spec.topic))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "enable.partition.eof",
+                if spec.bounded { "true" } else { "false" },
+            )
+            .set("isolation.level", "read_committed");
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| kafka_error(format!("consumer for topic `{}`", spec.topic), e))?;
+        let (split_count, mine): (u32, Vec<(i32, Option<SplitPosition>)>) = match &assignment
+            .restored
+        {
+            Some(r) => (
+                r.split_count,
+                r.positions
+                    .iter()
+                    .map(|p| (p.split as i32, Some(p.clone())))
+                    .collect(),
+            ),
+            None => {
+                let metadata = consumer
+                    .fetch_metadata(Some(&spec.topic), BROKER_TIMEOUT)
+                    .map_err(|e| kafka_error(format!("metadata of topic `{}`", spec.topic), e))?;
+                let count = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == spec.topic)
+                    .map(|t| t.partitions().len())
+                    .unwrap_or(0);
+                if count == 0 {
+                    return Err(ConnectorError::Kafka(format!(
+                        "topic `{}` does not exist or has no partitions on {}",
+                        spec.topic, spec.brokers
+                    )));
+                }
+                let mine = (0..count as u32)
+                    .filter(|p| p % assignment.parallelism == assignment.instance)
+                    .map(|p| (p as i32, None))
+                    .collect();
+                (count as u32, mine)
+            }
+        };
+        let mut partitions = Vec::new();
+        let mut list = TopicPartitionList::new();
+        for (partition, restored) in mine {
+            let (next, max_timestamp) = match restored {
+                Some(p) => (p.offset as i64, p.max_timestamp),
+                None => (start_offset(&consumer, spec, partition)?, None),
+            };
+            list.add_partition_offset(&spec.topic, partition, Offset::Offset(next))
+                .map_err(|e| kafka_error("assigning partitions", e))?;
+            partitions.push(PartitionState {
+                partition,
+                next,
+                max_timestamp,
+                last_record: Instant::now(),
+                ended: false,
+            });
+        }
+        consumer
+            .assign(&list)
+            .map_err(|e| kafka_error(format!("assigning partitions of `{}`", spec.topic), e))?;
+        let index = partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.partition, i))
+            .collect();
+        Ok(KafkaSource {
+            consumer: Some(consumer),
+            topic: spec.topic.clone(),
+            partitions,
+            index,
+            key_field: spec.key_field.clone(),
+            timestamp_field: spec.timestamp_field.clone(),
+            bounded: spec.bounded,
+            idle_timeout: spec.watermark.idle_timeout,
+            split_count,
+            pace: spec.rate.filter(|&r| r > 0).map(|r| (r, Instant::now(), 0)),
+        })
+    }
+
+    fn bad(&self, partition: i32, offset: i64, problem: String) -> ConnectorError {
+        ConnectorError::BadRecord {
+            path: format!("kafka topic {} partition {partition}", self.topic).into(),
+            line: offset.max(0) as u64,
+            problem,
+        }
+    }
+}
+
+/// The concrete offset a fresh partition starts at.
+fn start_offset(
+    consumer: &BaseConsumer,
+    spec: &KafkaSourceSpec,
+    partition: i32,
+) -> Result<i64, ConnectorError> {
+    let (low, high) = consumer
+        .fetch_watermarks(&spec.topic, partition, BROKER_TIMEOUT)
+        .map_err(|e| {
+            kafka_error(
+                format!("offsets of `{}` partition {partition}", spec.topic),
+                e,
+            )
+        })?;
+    Ok(match spec.start {
+        KafkaStart::Earliest => low,
+        KafkaStart::Latest => high,
+        KafkaStart::Timestamp(ms) => {
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(&spec.topic, partition, Offset::Offset(ms))
+                .map_err(|e| kafka_error("offsets for a timestamp", e))?;
+            let found = consumer
+                .offsets_for_times(list, BROKER_TIMEOUT)
+                .map_err(|e| kafka_error("offsets for a timestamp", e))?;
+            match found
+                .find_partition(&spec.topic, partition)
+                .map(|p| p.offset())
+            {
+                Some(Offset::Offset(o)) => o,
+                // No record at or after the timestamp: start at the end.
+                _ => high,
+            }
+        }
+    })
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        // Closing a consumer can hang in librdkafka (rust-rdkafka issue
+        // 509); a task that is stopping must not wait for it.
+        if let Some(consumer) = self.consumer.take() {
+            let _ = consumer.unassign();
+            let _ = std::thread::Builder::new()
+                .name("weir-kafka-close".into())
+                .spawn(move || drop(consumer));
+        }
+    }
+}
+
+fn json_field<'a>(value: &'a serde_json::Value, field: &str) -> Option<&'a serde_json::Value> {
+    value.get(field)
+}
+
+impl Source for KafkaSource {
+    fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
+        if self.partitions.iter().all(|p| p.ended) {
+            // Only a bounded source ends; an unbounded instance with no
+            // partition (more instances than partitions) waits for ever.
+            if self.bounded {
+                return Ok(Poll::End);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            return Ok(Poll::More);
+        }
+        let mut wait = Duration::from_millis(20);
+        let before = out.len();
+        while out.len() - before < max {
+            let consumer = self.consumer.as_ref().expect("present until dropped");
+            let Some(result) = consumer.poll(wait) else {
+                break;
+            };
+            wait = Duration::ZERO;
+            let message = match result {
+                Ok(m) => m,
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    if let Some(&i) = self.index.get(&partition) {
+                        self.partitions[i].ended = true;
+                    }
+                    if self.partitions.iter().all(|p| p.ended) {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(kafka_error(format!("reading `{}`", self.topic), e)),
+            };
+            let partition = message.partition();
+            let offset = message.offset();
+            let Some(&i) = self.index.get(&partition) else {
+                continue;
+            };
+            if offset < self.partitions[i].next {
+                continue;
+            }
+            let payload = message.payload().unwrap_or_default();
+            let parsed = if self.key_field.is_some() || self.timestamp_field.is_some() {
+                Some(
+                    serde_json::from_slice::<serde_json::Value>(payload).map_err(|e| {
+                        self.bad(partition, offset, format!("value is not JSON: {e}"))
+                    })?,
+                )
+            } else {
+                None
+            };
+            let key_text;
+            let key: &[u8] = match (&self.key_field, &parsed) {
+                (Some(field), Some(v)) => {
+                    let k = json_field(v, field).ok_or_else(|| {
+                        self.bad(partition, offset, format!("no key field `{field}`"))
+                    })?;
+                    key_text = match k {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    key_text.as_bytes()
+                }
+                _ => message.key().unwrap_or_default(),
+            };
+            let timestamp = match (&self.timestamp_field, &parsed) {
+                (Some(field), Some(v)) => json_field(v, field)
+                    .and_then(serde_json::Value::as_i64)
+                    .ok_or_else(|| {
+                        self.bad(
+                            partition,
+                            offset,
+                            format!("timestamp field `{field}` is missing or not an integer"),
+                        )
+                    })?,
+                _ => match message.timestamp() {
+                    Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => t,
+                    Timestamp::NotAvailable => crate::time::now_millis(),
+                },
+            };
+            out.push(key, payload, timestamp);
+            let state = &mut self.partitions[i];
+            state.next = offset + 1;
+            state.max_timestamp = Some(state.max_timestamp.map_or(timestamp, |m| m.max(timestamp)));
+            state.last_record = Instant::now();
+            state.ended = false;
+        }
+        if let Some((rate, since, taken)) = &mut self.pace {
+            *taken += (out.len() - before) as u64;
+            let due = Duration::from_secs_f64(*taken as f64 / *rate as f64);
+            if let Some(pause) = due.checked_sub(since.elapsed()) {
+                std::thread::sleep(pause);
+            }
+        }
+        if self.bounded && self.partitions.iter().all(|p| p.ended) {
+            return Ok(Poll::End);
+        }
+        Ok(Poll::More)
+    }
+
+    fn positions(&self) -> Option<Vec<SplitPosition>> {
+        Some(
+            self.partitions
+                .iter()
+                .map(|p| SplitPosition {
+                    split: p.partition as u32,
+                    offset: p.next.max(0) as u64,
+                    line: 0,
+                    max_timestamp: p.max_timestamp,
+                })
+                .collect(),
+        )
+    }
+
+    fn slowest_split_timestamp(&self) -> Option<i64> {
+        let idle = |p: &PartitionState| {
+            self.idle_timeout
+                .is_some_and(|t| p.last_record.elapsed() >= t)
+        };
+        self.partitions
+            .iter()
+            .filter(|p| !p.ended && !idle(p))
+            .map(|p| p.max_timestamp.unwrap_or(i64::MIN))
+            .min()
+    }
+
+    fn split_count(&self) -> Option<u32> {
+        Some(self.split_count)
+    }
+}
+
+/// Records the first delivery failure of a producer.
+#[derive(Default)]
+struct DeliveryWatch {
+    failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryWatch {}
+
+impl ProducerContext for DeliveryWatch {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut failure = self.failure.lock().expect("delivery lock");
+            failure.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+type TxProducer = ThreadedProducer<DeliveryWatch>;
+
+/// Pre-committed transactions of this process, by transactional id, until
+/// the coordinator commits them.
+fn pending_transactions() -> &'static Mutex<HashMap<String, Arc<TxProducer>>> {
+    static PENDING: OnceLock<Mutex<HashMap<String, Arc<TxProducer>>>> = OnceLock::new();
+    PENDING.get_or_init(Default::default)
+}
+
+/// How a checkpoint names a pre-committed Kafka transaction.
+pub const TRANSACTION_PREFIX: &str = "kafka-transaction:";
+
+/// Commits a pre-committed transaction once its checkpoint is complete.
+/// Idempotent: an id with nothing pending (already committed) is left alone.
+pub fn commit_transaction(id: &str) -> Result<(), ConnectorError> {
+    let producer = pending_transactions()
+        .lock()
+        .expect("pending lock")
+        .remove(id);
+    match producer {
+        Some(p) => p
+            .commit_transaction(BROKER_TIMEOUT)
+            .map_err(|e| kafka_error(format!("committing transaction `{id}`"), e)),
+        None => Ok(()),
+    }
+}
+
+struct Slot {
+    id: String,
+    producer: Arc<TxProducer>,
+}
+
+pub struct KafkaSink {
+    topic: String,
+    totals: Arc<super::SinkTotals>,
+    delivery: KafkaDelivery,
+    slots: Vec<Slot>,
+    current: usize,
+    /// Ids handed to checkpoints and possibly not committed yet.
+    pre_committed: Vec<String>,
+}
+
+impl KafkaSink {
+    pub fn open(
+        spec: &KafkaSinkSpec,
+        job: &str,
+        instance: u32,
+        _mode: SinkMode,
+        totals: Arc<super::SinkTotals>,
+    ) -> Result<Self, ConnectorError> {
+        let base = || {
+            let mut c = client_config(&spec.brokers, &spec.properties);
+            c.set("enable.idempotence", "true").set("acks", "all");
+            c
+        };
+        let make = |config: &ClientConfig| -> Result<TxProducer, ConnectorError> {
+            config
+                .create_with_context(DeliveryWatch::default())
+                .map_err(|e| kafka_error(format!("producer for topic `{}`", spec.topic), e))
+        };
+        let slots = match spec.delivery {
+            KafkaDelivery::AtLeastOnce => vec![Slot {
+                id: String::new(),
+                producer: Arc::new(make(&base())?),
+            }],
+            KafkaDelivery::ExactlyOnce => {
+                let prefix = spec
+                    .transactional_id_prefix
+                    .clone()
+                    .unwrap_or_else(|| format!("weir-{job}"));
+                let mut slots = Vec::new();
+                for slot in 0..TRANSACTION_POOL {
+                    let id = format!("{prefix}-{instance}-{slot}");
+                    // A producer of this process's earlier attempt must not
+                    // be committed by anyone now.
+                    pending_transactions()
+                        .lock()
+                        .expect("pending lock")
+                        .remove(&id);
+                    let mut config = base();
+                    config.set("transactional.id", &id);
+                    if !spec.properties.contains_key("transaction.timeout.ms") {
+                        // Long enough for a checkpoint to complete; short
+                        // enough that a transaction nobody fences (an
+                        // instance dropped by rescaling down) does not hold
+                        // read_committed consumers back for long.
+                        config.set("transaction.timeout.ms", "60000");
+                    }
+                    let producer = make(&config)?;
+                    producer.init_transactions(BROKER_TIMEOUT).map_err(|e| {
+                        kafka_error(format!("initialising transactional id `{id}`"), e)
+                    })?;
+                    slots.push(Slot {
+                        id,
+                        producer: Arc::new(producer),
+                    });
+                }
+                slots[0]
+                    .producer
+                    .begin_transaction()
+                    .map_err(|e| kafka_error("beginning a transaction", e))?;
+                slots
+            }
+        };
+        Ok(KafkaSink {
+            topic: spec.topic.clone(),
+            totals,
+            delivery: spec.delivery,
+            slots,
+            current: 0,
+            pre_committed: Vec::new(),
+        })
+    }
+
+    /// Waits until every record sent is acknowledged; any failure is an
+    /// unknown outcome and fails the task.
+    fn flush(&self) -> Result<(), ConnectorError> {
+        let slot = &self.slots[self.current];
+        slot.producer
+            .flush(BROKER_TIMEOUT)
+            .map_err(|e| kafka_error(format!("flushing to `{}`", self.topic), e))?;
+        let failure = slot
+            .producer
+            .context()
+            .failure
+            .lock()
+            .expect("delivery lock")
+            .take();
+        match failure {
+            Some(f) => Err(ConnectorError::Kafka(format!(
+                "a record to `{}` was not delivered: {f}",
+                self.topic
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl super::Sink for KafkaSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
+        use std::sync::atomic::Ordering;
+        self.totals
+            .records
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let producer = &self.slots[self.current].producer;
+        for r in batch.iter() {
+            let mut record = BaseRecord::to(&self.topic)
+                .key(r.key)
+                .payload(r.value)
+                .timestamp(r.timestamp);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        back,
+                    )) => {
+                        record = back;
+                        producer.poll(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => {
+                        return Err(kafka_error(format!("producing to `{}`", self.topic), e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn prepare_commit(
+        &mut self,
+        _checkpoint: u64,
+    ) -> Result<Vec<std::path::PathBuf>, ConnectorError> {
+        self.flush()?;
+        if self.delivery == KafkaDelivery::AtLeastOnce {
+            return Ok(Vec::new());
+        }
+        let slot = &self.slots[self.current];
+        pending_transactions()
+            .lock()
+            .expect("pending lock")
+            .insert(slot.id.clone(), slot.producer.clone());
+        self.pre_committed.push(slot.id.clone());
+        let pending = pending_transactions().lock().expect("pending lock");
+        self.pre_committed.retain(|id| pending.contains_key(id));
+        let free = (1..=self.slots.len())
+            .map(|step| (self.current + step) % self.slots.len())
+            .find(|&i| !pending.contains_key(&self.slots[i].id))
+            .ok_or_else(|| {
+                ConnectorError::Kafka(format!(
+                    "{} transactions to `{}` are waiting for their checkpoints to complete; \
+                     checkpoints are failing",
+                    self.slots.len(),
+                    self.topic
+                ))
+            })?;
+        drop(pending);
+        self.current = free;
+        self.slots[free]
+            .producer
+            .begin_transaction()
+            .map_err(|e| kafka_error("beginning a transaction", e))?;
+        Ok(self
+            .pre_committed
+            .iter()
+            .map(|id| format!("{TRANSACTION_PREFIX}{id}").into())
+            .collect())
+    }
+
+    fn close(&mut self) -> Result<(), ConnectorError> {
+        self.flush()
+    }
+}
