@@ -125,7 +125,13 @@ pub struct CoordinatorConfig {
     pub modules: Vec<ModuleVersion>,
     /// `memory` or `rocksdb`, for the state-size metric.
     pub state_backend: &'static str,
+    /// Told of every complete checkpoint after its sinks committed (a Kafka
+    /// source reports its offsets to its consumer group).
+    pub on_complete: Option<CompleteHook>,
 }
+
+/// Called with the manifest of each complete checkpoint.
+pub type CompleteHook = Box<dyn FnMut(&Manifest) + Send>;
 
 /// Counters a job reports.
 #[derive(Clone, Copy, Debug, Default)]
@@ -492,6 +498,9 @@ impl Coordinator {
         for sink in &self.sinks {
             sink.mark_committed(p.id);
         }
+        if let Some(notify) = &mut self.config.on_complete {
+            notify(&manifest);
+        }
         if p.kind == BarrierKind::Checkpoint
             && let Err(e) = self.config.store.prune(self.config.retain)
         {
@@ -533,6 +542,7 @@ mod tests {
             source_splits: 1,
             modules: Vec::new(),
             state_backend: "memory",
+            on_complete: None,
         };
         let mut c =
             Coordinator::new(config, vec![Some(trigger), None], writer, Vec::new()).unwrap();

@@ -109,7 +109,7 @@ impl KafkaSource {
         // librdkafka wants a group even for assigned partitions; nothing is
         // committed to it.
         config
-            .set("group.id", format!("weir-{}", spec.topic))
+            .set("group.id", group_of(spec))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set(
@@ -239,13 +239,74 @@ fn start_offset(
 
 impl Drop for KafkaSource {
     fn drop(&mut self) {
-        // Closing a consumer can hang in librdkafka (rust-rdkafka issue
-        // 509); a task that is stopping must not wait for it.
         if let Some(consumer) = self.consumer.take() {
             let _ = consumer.unassign();
-            let _ = std::thread::Builder::new()
-                .name("weir-kafka-close".into())
-                .spawn(move || drop(consumer));
+            close_in_background(consumer);
+        }
+    }
+}
+
+/// Closing a consumer can hang in librdkafka (rust-rdkafka issue 509); a
+/// task or a job that is stopping must not wait for it.
+fn close_in_background(consumer: BaseConsumer) {
+    let _ = std::thread::Builder::new()
+        .name("weir-kafka-close".into())
+        .spawn(move || drop(consumer));
+}
+
+fn group_of(spec: &KafkaSourceSpec) -> String {
+    spec.group
+        .clone()
+        .unwrap_or_else(|| format!("weir-{}", spec.topic))
+}
+
+/// Commits the offsets of complete checkpoints to the source's consumer
+/// group, so lag tools see the job's progress. Failures are logged: the
+/// group's offsets are information, the checkpoint is the position.
+pub struct GroupOffsets {
+    consumer: Option<BaseConsumer>,
+    topic: String,
+    group: String,
+}
+
+impl GroupOffsets {
+    pub fn new(spec: &KafkaSourceSpec) -> Result<Self, ConnectorError> {
+        let consumer: BaseConsumer = client_config(&spec.brokers, &spec.properties)
+            .set("group.id", group_of(spec))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| kafka_error("consumer for offset commits", e))?;
+        Ok(GroupOffsets {
+            consumer: Some(consumer),
+            topic: spec.topic.clone(),
+            group: group_of(spec),
+        })
+    }
+
+    pub fn commit(&self, positions: &[SplitPosition]) {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let mut list = TopicPartitionList::new();
+        for p in positions {
+            if list
+                .add_partition_offset(&self.topic, p.split as i32, Offset::Offset(p.offset as i64))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = consumer.commit(&list, rdkafka::consumer::CommitMode::Sync) {
+            tracing::warn!(group = %self.group, topic = %self.topic, error = %e,
+                "cannot commit checkpointed offsets to the consumer group");
+        }
+    }
+}
+
+impl Drop for GroupOffsets {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            close_in_background(consumer);
         }
     }
 }

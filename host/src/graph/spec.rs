@@ -273,6 +273,10 @@ pub enum SourceSpec {
 pub struct KafkaSourceSpec {
     pub brokers: String,
     pub topic: String,
+    /// Consumer group that the offsets of each complete checkpoint are
+    /// committed to, for lag monitoring only: a job resumes from its
+    /// checkpoints, never from the group. Default `weir-<topic>`.
+    pub group: Option<String>,
     /// Where a fresh start begins: `earliest`, `latest` or `{timestamp: ms}`.
     #[serde(default)]
     pub start: KafkaStart,

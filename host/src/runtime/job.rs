@@ -898,6 +898,25 @@ fn run_once(
                 StateBackendKind::Memory => "memory",
                 StateBackendKind::Rocksdb => "rocksdb",
             },
+            on_complete: match &spec.source {
+                SourceSpec::Kafka(k) => match crate::connectors::kafka::GroupOffsets::new(k) {
+                    Ok(group) => Some(Box::new(move |m: &crate::checkpoint::Manifest| {
+                        let positions: Vec<_> = m
+                            .tasks
+                            .iter()
+                            .filter_map(|t| t.source.as_ref())
+                            .flat_map(|s| s.positions.iter().cloned())
+                            .collect();
+                        group.commit(&positions);
+                    })),
+                    Err(e) => {
+                        tracing::warn!(job = %spec.name, error = %e,
+                            "checkpointed offsets will not be committed to the consumer group");
+                        None
+                    }
+                },
+                _ => None,
+            },
         },
         triggers,
         write_tx,

@@ -97,9 +97,20 @@ impl RocksDbShared {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.cache);
         table.set_bloom_filter(10.0, false);
+        // Index and filter blocks live in the bounded cache, partitioned so
+        // that a lookup loads a 4 KiB partition, not a whole file's filter
+        // (megabytes with millions of keys, reread and checksummed on every
+        // cache miss otherwise); the small top level stays pinned.
         table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4 << 10);
+        table.set_pin_top_level_index_and_filter(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        table.set_block_size(16 << 10);
+        // Small blocks: a point lookup of a cold key reads and decompresses
+        // one block, and keyed state is all point lookups.
+        table.set_block_size(4 << 10);
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_block_based_table_factory(&table);
