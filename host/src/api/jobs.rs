@@ -38,6 +38,10 @@ pub enum JobsError {
     NotFound(String),
     #[error("job `{0}` is not running")]
     NotRunning(String),
+    #[error("job `{job}` has no operator `{operator}` with a module")]
+    NoOperator { job: String, operator: String },
+    #[error("job `{0}` did not stop for the upgrade in time")]
+    StopTimeout(String),
     #[error(transparent)]
     Job(#[from] JobError),
     #[error(transparent)]
@@ -111,6 +115,19 @@ pub struct Submit {
     /// Ignore the job's existing checkpoints.
     #[serde(default)]
     pub fresh: bool,
+}
+
+/// What an upgrade did.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpgradeOutcome {
+    pub upgraded: bool,
+    pub operator: String,
+    /// The module version the operator runs now (`name@version`).
+    pub module: String,
+    /// The savepoint the upgrade was taken at.
+    pub savepoint: PathBuf,
+    /// Why the new version was rolled back, when it was.
+    pub rolled_back: Option<String>,
 }
 
 impl JobManager {
@@ -338,6 +355,163 @@ impl JobManager {
     pub fn cancel(&self, name: &str) -> Result<(), JobsError> {
         self.control(name)?.cancel();
         Ok(())
+    }
+
+    /// Waits until the job is no longer running.
+    fn wait_not_running(&self, name: &str, limit: std::time::Duration) -> Result<(), JobsError> {
+        let deadline = std::time::Instant::now() + limit;
+        while self.get(name)?.state == JobState::Running {
+            if std::time::Instant::now() > deadline {
+                return Err(JobsError::StopTimeout(name.to_owned()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Swaps the module of one operator of a running job, keeping its state:
+    /// stop with a savepoint, resume from it with `module`, and watch the
+    /// new version for `probation`. If it cannot start, fails or restarts in
+    /// that time, the job goes back to the module it had, from the newest
+    /// consistent state: the new version's latest complete checkpoint if it
+    /// completed one (so nothing it committed is replayed), else the
+    /// savepoint. Either way the job keeps running and its output stays
+    /// exactly once; the state must therefore be readable by both versions.
+    pub fn upgrade(
+        &self,
+        name: &str,
+        operator: &str,
+        module: &str,
+        probation: std::time::Duration,
+    ) -> Result<UpgradeOutcome, JobsError> {
+        let (old_text, parallelism, store) = {
+            let jobs = self.jobs.lock().expect("jobs lock");
+            let entry = jobs
+                .get(name)
+                .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
+            if entry.record.info.state != JobState::Running {
+                return Err(JobsError::NotRunning(name.to_owned()));
+            }
+            (
+                entry.record.spec.clone(),
+                entry.record.parallelism,
+                entry.checkpoints.clone(),
+            )
+        };
+        let no_operator = || JobsError::NoOperator {
+            job: name.to_owned(),
+            operator: operator.to_owned(),
+        };
+        let mut value: serde_yaml::Value = serde_yaml::from_str(&old_text)
+            .map_err(|e| crate::graph::SpecError::Parse(e.to_string()))?;
+        let slot = value
+            .get_mut("operators")
+            .and_then(serde_yaml::Value::as_sequence_mut)
+            .and_then(|ops| {
+                ops.iter_mut()
+                    .find(|o| o.get("name").and_then(serde_yaml::Value::as_str) == Some(operator))
+            })
+            .and_then(|o| o.get_mut("module"))
+            .ok_or_else(no_operator)?;
+        let previous = slot.as_str().unwrap_or_default().to_owned();
+        *slot = serde_yaml::Value::String(module.to_owned());
+        let new_text = serde_yaml::to_string(&value).expect("YAML values serialize");
+        // Refuse an unknown module before anything stops.
+        self.registry
+            .resolve(module)
+            .map_err(|source| JobsError::Module {
+                operator: operator.to_owned(),
+                source,
+            })?;
+
+        let savepoint = self.savepoint(name, true)?;
+        self.wait_not_running(name, std::time::Duration::from_secs(60))?;
+        let newest_before = store
+            .as_ref()
+            .and_then(|s| s.complete().ok())
+            .and_then(|ids| ids.last().copied());
+        let from_savepoint = Submit {
+            from_savepoint: Some(savepoint.clone()),
+            parallelism,
+            fresh: false,
+        };
+        let failure = match self.submit(&new_text, &from_savepoint) {
+            Err(e) => Some(e.to_string()),
+            Ok(_) => self.watch(name, probation),
+        };
+        let Some(reason) = failure else {
+            crate::metrics::metrics()
+                .hot_swaps
+                .with_label_values(&[name, operator])
+                .inc();
+            tracing::info!(job = %name, %operator, from = %previous, to = %module, "operator upgraded");
+            return Ok(UpgradeOutcome {
+                upgraded: true,
+                operator: operator.to_owned(),
+                module: self
+                    .get(name)?
+                    .modules
+                    .get(operator)
+                    .cloned()
+                    .unwrap_or_default(),
+                savepoint,
+                rolled_back: None,
+            });
+        };
+        tracing::warn!(job = %name, %operator, to = %module, %reason, "upgrade failed; rolling back");
+        if let Ok(control) = self.control(name) {
+            control.cancel();
+        }
+        self.wait_not_running(name, std::time::Duration::from_secs(60))?;
+        let newest_after = store
+            .as_ref()
+            .and_then(|s| s.complete().ok())
+            .and_then(|ids| ids.last().copied());
+        let back = if newest_after > newest_before {
+            Submit {
+                from_savepoint: None,
+                parallelism,
+                fresh: false,
+            }
+        } else {
+            from_savepoint
+        };
+        self.submit(&old_text, &back)?;
+        Ok(UpgradeOutcome {
+            upgraded: false,
+            operator: operator.to_owned(),
+            module: self
+                .get(name)?
+                .modules
+                .get(operator)
+                .cloned()
+                .unwrap_or_default(),
+            savepoint,
+            rolled_back: Some(reason),
+        })
+    }
+
+    /// Watches a job for `probation`: the reason it failed or restarted, if it did.
+    fn watch(&self, name: &str, probation: std::time::Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + probation;
+        loop {
+            let info = self.get(name).ok()?;
+            if info.state != JobState::Running {
+                return Some(
+                    info.error
+                        .unwrap_or_else(|| format!("the job ended ({:?})", info.state)),
+                );
+            }
+            if let Ok(control) = self.control(name)
+                && control.restarts() > 0
+            {
+                return Some("the new version failed and the job restarted".into());
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// True when a running job uses a version of module `name`.

@@ -65,8 +65,10 @@ impl From<JobsError> for ApiError {
             JobsError::Spec(_) | JobsError::LocalModule(_) | JobsError::Module { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            JobsError::Running(_) | JobsError::NotRunning(_) => StatusCode::CONFLICT,
-            JobsError::NotFound(_) => StatusCode::NOT_FOUND,
+            JobsError::Running(_) | JobsError::NotRunning(_) | JobsError::StopTimeout(_) => {
+                StatusCode::CONFLICT
+            }
+            JobsError::NotFound(_) | JobsError::NoOperator { .. } => StatusCode::NOT_FOUND,
             JobsError::Job(crate::runtime::JobError::Spec(_))
             | JobsError::Job(crate::runtime::JobError::Module { .. })
             | JobsError::Job(crate::runtime::JobError::Checkpoint(_))
@@ -230,6 +232,36 @@ async fn stop_job(
     savepoint(state, headers, name, true).await
 }
 
+#[derive(Deserialize)]
+struct UpgradeQuery {
+    /// Registry module, `name` (latest) or `name@version`.
+    module: String,
+    /// How long the new version must run without failing; default 3s.
+    probation: Option<String>,
+}
+
+async fn upgrade_operator(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath((name, operator)): UrlPath<(String, String)>,
+    Query(query): Query<UpgradeQuery>,
+) -> Result<Json<jobs::UpgradeOutcome>, ApiError> {
+    authorize(&state, &headers)?;
+    let probation = match &query.probation {
+        Some(text) => crate::graph::spec::parse_duration(text).map_err(|problem| {
+            ApiError::from(JobsError::Spec(crate::graph::SpecError::Invalid {
+                field: "probation".into(),
+                problem,
+            }))
+        })?,
+        None => std::time::Duration::from_secs(3),
+    };
+    let s = state.clone();
+    let outcome =
+        blocking(move || Ok(s.jobs.upgrade(&name, &operator, &query.module, probation)?)).await?;
+    Ok(Json(outcome))
+}
+
 async fn cancel_job(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -306,6 +338,10 @@ impl Server {
             .route("/v1/jobs/{name}/savepoint", post(take_savepoint))
             .route("/v1/jobs/{name}/stop", post(stop_job))
             .route("/v1/jobs/{name}/cancel", post(cancel_job))
+            .route(
+                "/v1/jobs/{name}/operators/{operator}/upgrade",
+                post(upgrade_operator),
+            )
             .with_state(state.clone());
         Ok(Server {
             token,

@@ -63,6 +63,17 @@ pub enum JobCommand {
     Stop { name: String },
     /// Cancel without a savepoint.
     Cancel { name: String },
+    /// Swap an operator's module, keeping its state; rolls back to the old
+    /// module if the new one fails within the probation time.
+    Upgrade {
+        name: String,
+        operator: String,
+        /// Registry module: `name` (latest) or `name@version`.
+        #[arg(long)]
+        module: String,
+        #[arg(long, default_value = "3s")]
+        probation: String,
+    },
 }
 
 struct Client {
@@ -281,6 +292,34 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
         }
         JobCommand::Savepoint { name } => savepoint(&client, json, &name, "savepoint"),
         JobCommand::Stop { name } => savepoint(&client, json, &name, "stop"),
+        JobCommand::Upgrade {
+            name,
+            operator,
+            module,
+            probation,
+        } => {
+            eprintln!("upgrading {name}/{operator} to {module}...");
+            let v = client.call(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{name}/operators/{operator}/upgrade"),
+                &[("module", module.clone()), ("probation", probation)],
+                None,
+            )?;
+            print(json, &v, |v| {
+                let module = v["module"].as_str().unwrap_or("");
+                match v["rolled_back"].as_str() {
+                    Some(reason) => println!("rolled back to {module}: {reason}"),
+                    None => println!("{operator} now runs {module}"),
+                }
+                println!("savepoint: {}", v["savepoint"].as_str().unwrap_or(""));
+            });
+            if v["upgraded"] == false {
+                return Err(Failure::Refused(format!(
+                    "the upgrade of {name}/{operator} to {module} was rolled back"
+                )));
+            }
+            Ok(())
+        }
         JobCommand::Cancel { name } => {
             client.call(
                 reqwest::Method::POST,

@@ -282,6 +282,7 @@ pub struct JobControl {
     pub name: String,
     commands: Sender<JobCommand>,
     records: Arc<AtomicU64>,
+    restarts: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl JobControl {
@@ -315,6 +316,11 @@ impl JobControl {
     /// Records taken in by the sources of the current run so far.
     pub fn records_processed(&self) -> u64 {
         self.records.load(Ordering::Relaxed)
+    }
+
+    /// Restarts after failures so far.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
     }
 }
 
@@ -485,12 +491,14 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
     let (commands, command_rx) = crossbeam_channel::unbounded();
     let records = Arc::new(AtomicU64::new(0));
     let progress = records.clone();
+    let restarts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let restart_count = restarts.clone();
     let thread = std::thread::Builder::new()
         .name(format!("weir-job-{}", spec.name))
         .spawn(move || {
             let running = &crate::metrics::metrics().jobs_running;
             running.inc();
-            let result = run_attempts(&prepared, initial, &command_rx, &progress);
+            let result = run_attempts(&prepared, initial, &command_rx, &progress, &restart_count);
             running.dec();
             result
         })
@@ -504,6 +512,7 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
             name: spec.name.clone(),
             commands,
             records,
+            restarts,
         },
         thread,
     })
@@ -553,6 +562,7 @@ fn run_attempts(
     initial: Option<Arc<LoadedCheckpoint>>,
     commands: &Receiver<JobCommand>,
     progress: &Arc<AtomicU64>,
+    restart_count: &std::sync::atomic::AtomicU32,
 ) -> Result<JobReport, JobError> {
     let spec = &prepared.spec;
     let restart = spec.restart_strategy();
@@ -585,6 +595,7 @@ fn run_attempts(
             Err(RunError::Cancelled) => return Err(JobError::Cancelled(spec.name.clone())),
             Err(RunError::Failed(e)) => {
                 restarts += 1;
+                restart_count.store(restarts, Ordering::Relaxed);
                 crate::metrics::metrics()
                     .restarts
                     .with_label_values(&[spec.name.as_str()])

@@ -356,3 +356,80 @@ fn a_killed_server_restarts_with_its_modules_and_resumes_its_jobs() {
         "across a killed server",
     );
 }
+
+#[test]
+fn an_operator_is_swapped_in_place_and_a_failing_version_is_rolled_back() {
+    let tmp = TempDir::new("api-upgrade");
+    let s = InProcess::start(&tmp.path("data"));
+    let http = &s.http;
+    for module in ["keyed_count", "keyed_count_v2", "keyed_count_broken"] {
+        let dir = if module == "keyed_count" {
+            examples_dir()
+        } else {
+            fixtures_dir()
+        };
+        let (status, v) = http.post("/v1/modules?name=kc", Some(wasm(dir, module)));
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+    let out = tmp.path("out");
+    let (events, keys) = (300_000, 53);
+    let spec = job_yaml("swap", events, keys, &out, &tmp.path("checkpoints"))
+        .replace("module: kc", "module: kc@1");
+    let (status, v) = http.post("/v1/jobs", Some(spec.into_bytes()));
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    http.wait_job("swap", |j| j["records_in"].as_u64() > Some(20_000));
+
+    let (status, v) = http.post("/v1/jobs/swap/operators/nope/upgrade?module=kc@2", None);
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, v) = http.post(
+        "/v1/jobs/swap/operators/count/upgrade?module=kc@3&probation=2s",
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["upgraded"], false, "{v}");
+    assert!(
+        v["rolled_back"]
+            .as_str()
+            .unwrap_or("")
+            .contains("restarted"),
+        "{v}"
+    );
+    assert_eq!(v["module"], "kc@1", "{v}");
+    let job = http.wait_job("swap", |j| j["state"] == "running");
+    assert_eq!(job["modules"]["count"], "kc@1", "{job}");
+
+    http.wait_job("swap", |j| j["records_in"].as_u64() > Some(10_000));
+    let (status, v) = http.post(
+        "/v1/jobs/swap/operators/count/upgrade?module=kc@2&probation=1s",
+        None,
+    );
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["upgraded"], true, "{v}");
+    assert_eq!(v["module"], "kc@2", "{v}");
+    let job = http.wait_job("swap", |j| j["state"] != "running");
+    assert_eq!(job["state"], "finished", "{job}");
+
+    // v2 marks its counts; each key's counts continue across both swaps
+    // and the rollback, and nothing is lost or repeated.
+    const MARK: u64 = 1_000_000;
+    let mut output = keyed_output(&committed_lines(&out));
+    let mut continued = 0;
+    for (counts, _) in output.values_mut() {
+        let v1_max = counts.iter().filter(|&&c| c < MARK).max().copied();
+        let v2_min = counts.iter().filter(|&&c| c >= MARK).min().copied();
+        if let (Some(v1_max), Some(v2_min)) = (v1_max, v2_min) {
+            assert_eq!(v2_min - MARK, v1_max + 1, "v2 continues from v1's state");
+            continued += 1;
+        }
+        for c in counts.iter_mut() {
+            *c %= MARK;
+        }
+        counts.sort_unstable();
+    }
+    assert_eq!(continued, keys, "every key ran on both versions");
+    assert_same_output(
+        &output,
+        &expected_counts(events, keys),
+        "swapped to a broken version (rolled back), then to v2",
+    );
+}
