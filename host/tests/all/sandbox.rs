@@ -118,3 +118,69 @@ fn a_missing_module_names_the_operator_and_where_it_looked() {
         "{text}"
     );
 }
+
+#[test]
+fn a_guest_that_grows_memory_without_end_traps_at_its_limit() {
+    let e = operator_failure(run_one(
+        "{name: hoard, module: memory-bomb}",
+        "{type: generator, events: 10}",
+    ));
+    assert_eq!(e.operator, "hoard");
+    let FailureKind::Trap(message) = &e.kind else {
+        panic!("expected a trap, got {:?}", e.kind)
+    };
+    // The Rust guest's allocator aborts when memory.grow is refused.
+    assert!(
+        message.contains("memory") || message.contains("alloc"),
+        "{message}"
+    );
+    // The host's memory is untouched: the limit is 256 MiB per instance.
+    assert!(
+        weir::bench::peak_rss_bytes() < 2 << 30,
+        "peak RSS {}",
+        weir::bench::peak_rss_bytes()
+    );
+}
+
+#[test]
+fn deep_recursion_is_a_trap_not_a_process_abort() {
+    let e = operator_failure(run_one(
+        "{name: deep, module: deep-recursion}",
+        "{type: generator, events: 10}",
+    ));
+    assert_eq!(e.operator, "deep");
+    let FailureKind::Trap(message) = &e.kind else {
+        panic!("expected a trap, got {:?}", e.kind)
+    };
+    assert!(message.contains("call stack exhausted"), "{message}");
+}
+
+#[test]
+fn output_beyond_the_per_call_limit_fails_the_operator_by_name() {
+    // A guest memory limit above the 64 MiB output limit, so the output
+    // check, not the memory limit, is what stops it.
+    let runtime = weir::wasm::WasmRuntime::new(
+        weir::wasm::SandboxPolicy {
+            memory_limit: 1 << 30,
+            ..weir::wasm::SandboxPolicy::default()
+        },
+        None,
+    )
+    .unwrap();
+    let env = weir::runtime::JobEnv::new(runtime, vec![fixtures_dir().to_owned()]);
+    let spec = JobSpec::parse(
+        "name: bad
+source: {type: generator, events: 1}
+\
+         operators: [{name: flood, module: huge-output}]
+sink: {type: discard}
+",
+    )
+    .unwrap();
+    let e = operator_failure(weir::runtime::run(&spec, &env));
+    assert_eq!(e.operator, "flood");
+    let FailureKind::BadOutput(message) = &e.kind else {
+        panic!("expected a bad output, got {:?}", e.kind)
+    };
+    assert!(message.contains("exceeds the limit"), "{message}");
+}
