@@ -510,8 +510,8 @@ impl KafkaSink {
     pub fn open(
         spec: &KafkaSinkSpec,
         job: &str,
-        instance: u32,
-        _mode: SinkMode,
+        (instance, parallelism): (u32, u32),
+        mode: SinkMode,
         totals: Arc<super::SinkTotals>,
     ) -> Result<Self, ConnectorError> {
         let base = || {
@@ -560,6 +560,24 @@ impl KafkaSink {
                         id,
                         producer: Arc::new(producer),
                     });
+                }
+                // Instances an earlier run had and this one has not (it was
+                // rescaled down) may have left transactions open; nobody
+                // else would fence them, and they would hold read_committed
+                // consumers back until they time out.
+                let gone = (instance + parallelism.max(1)..mode.previous_instances)
+                    .step_by(parallelism.max(1) as usize);
+                for other in gone {
+                    for slot in 0..TRANSACTION_POOL {
+                        let id = format!("{prefix}-{other}-{slot}");
+                        let mut config = base();
+                        config.set("transactional.id", &id);
+                        make(&config)?
+                            .init_transactions(BROKER_TIMEOUT)
+                            .map_err(|e| {
+                                kafka_error(format!("fencing transactional id `{id}`"), e)
+                            })?;
+                    }
                 }
                 slots[0]
                     .producer

@@ -104,6 +104,10 @@ pub struct SinkMode {
     pub transactional: bool,
     /// The run resumes from a checkpoint: a file sink appends.
     pub resuming: bool,
+    /// Parallel instances of the widest task group in the restored
+    /// checkpoint (0 on a fresh start): a transactional sink fences the
+    /// transactional ids of instances the new run no longer has.
+    pub previous_instances: u32,
 }
 
 /// Records that reached a sink, and the sum of their values read as
@@ -230,13 +234,14 @@ impl SinkFactory {
         self.committed.fetch_max(id, Ordering::Relaxed);
     }
 
-    pub fn instance(&self) -> Result<Box<dyn Sink>, ConnectorError> {
+    /// A new instance, one of `parallelism`.
+    pub fn instance(&self, parallelism: u32) -> Result<Box<dyn Sink>, ConnectorError> {
         let number = self.instances.fetch_add(1, Ordering::Relaxed);
         if let Target::Kafka { spec, job, mode } = &*self.target {
             return Ok(Box::new(super::kafka::KafkaSink::open(
                 spec,
                 job,
-                number,
+                (number, parallelism),
                 *mode,
                 self.totals.clone(),
             )?));

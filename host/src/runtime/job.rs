@@ -663,6 +663,14 @@ fn run_once(
     let mode = SinkMode {
         transactional: checkpointing,
         resuming: restore.is_some(),
+        previous_instances: restore.as_ref().map_or(0, |c| {
+            c.manifest
+                .tasks
+                .iter()
+                .map(|t| t.instance + 1)
+                .max()
+                .unwrap_or(0)
+        }),
     };
 
     // Sinks, and their folders brought to the restored checkpoint's state.
@@ -800,7 +808,11 @@ fn run_once(
                     spec.max_parallelism,
                 ))
             } else {
-                Tail::Sink(main_sink.instance().map_err(|e| setup(e.into()))?)
+                Tail::Sink(
+                    main_sink
+                        .instance(group.parallelism)
+                        .map_err(|e| setup(e.into()))?,
+                )
             };
             let name = format!("{}/{}#{}", spec.name, group_name(spec, group), instance);
             let ops = group.operators.clone();
@@ -810,6 +822,7 @@ fn run_once(
             let side_sinks = side_sinks.clone();
             let job = spec.name.clone();
             let max_parallelism = spec.max_parallelism;
+            let parallelism = group.parallelism;
             let batch_size = spec.batch.size;
             let shared = shared.clone();
             let restore = restore.clone();
@@ -850,7 +863,7 @@ fn run_once(
                     let mut outputs = Vec::new();
                     for s in op.side_outputs() {
                         outputs.push(match side_sinks[i].get(s) {
-                            Some(f) => Some(f.instance()?),
+                            Some(f) => Some(f.instance(parallelism)?),
                             None => None,
                         });
                     }
