@@ -426,10 +426,13 @@ impl JobManager {
 
         let savepoint = self.savepoint(name, true)?;
         self.wait_not_running(name, std::time::Duration::from_secs(60))?;
-        let newest_before = store
-            .as_ref()
-            .and_then(|s| s.complete().ok())
-            .and_then(|ids| ids.last().copied());
+        let newest = || {
+            store
+                .as_ref()
+                .and_then(|s| s.complete().ok())
+                .and_then(|ids| ids.last().copied())
+        };
+        let newest_before = newest();
         let from_savepoint = Submit {
             from_savepoint: Some(savepoint.clone()),
             parallelism,
@@ -445,28 +448,14 @@ impl JobManager {
                 .with_label_values(&[name, operator])
                 .inc();
             tracing::info!(job = %name, %operator, from = %previous, to = %module, "operator upgraded");
-            return Ok(UpgradeOutcome {
-                upgraded: true,
-                operator: operator.to_owned(),
-                module: self
-                    .get(name)?
-                    .modules
-                    .get(operator)
-                    .cloned()
-                    .unwrap_or_default(),
-                savepoint,
-                rolled_back: None,
-            });
+            return self.outcome(name, operator, savepoint, None);
         };
         tracing::warn!(job = %name, %operator, to = %module, %reason, "upgrade failed; rolling back");
         if let Ok(control) = self.control(name) {
             control.cancel();
         }
         self.wait_not_running(name, std::time::Duration::from_secs(60))?;
-        let newest_after = store
-            .as_ref()
-            .and_then(|s| s.complete().ok())
-            .and_then(|ids| ids.last().copied());
+        let newest_after = newest();
         let back = if newest_after > newest_before {
             Submit {
                 from_savepoint: None,
@@ -477,17 +466,23 @@ impl JobManager {
             from_savepoint
         };
         self.submit(&old_text, &back)?;
+        self.outcome(name, operator, savepoint, Some(reason))
+    }
+
+    fn outcome(
+        &self,
+        name: &str,
+        operator: &str,
+        savepoint: PathBuf,
+        rolled_back: Option<String>,
+    ) -> Result<UpgradeOutcome, JobsError> {
+        let module = self.get(name)?.modules.get(operator).cloned();
         Ok(UpgradeOutcome {
-            upgraded: false,
+            upgraded: rolled_back.is_none(),
             operator: operator.to_owned(),
-            module: self
-                .get(name)?
-                .modules
-                .get(operator)
-                .cloned()
-                .unwrap_or_default(),
+            module: module.unwrap_or_default(),
             savepoint,
-            rolled_back: Some(reason),
+            rolled_back,
         })
     }
 

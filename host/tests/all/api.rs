@@ -409,27 +409,11 @@ fn an_operator_is_swapped_in_place_and_a_failing_version_is_rolled_back() {
     let job = http.wait_job("swap", |j| j["state"] != "running");
     assert_eq!(job["state"], "finished", "{job}");
 
-    // v2 marks its counts; each key's counts continue across both swaps
-    // and the rollback, and nothing is lost or repeated.
-    const MARK: u64 = 1_000_000;
-    let mut output = keyed_output(&committed_lines(&out));
-    let mut continued = 0;
-    for (counts, _) in output.values_mut() {
-        let v1_max = counts.iter().filter(|&&c| c < MARK).max().copied();
-        let v2_min = counts.iter().filter(|&&c| c >= MARK).min().copied();
-        if let (Some(v1_max), Some(v2_min)) = (v1_max, v2_min) {
-            assert_eq!(v2_min - MARK, v1_max + 1, "v2 continues from v1's state");
-            continued += 1;
-        }
-        for c in counts.iter_mut() {
-            *c %= MARK;
-        }
-        counts.sort_unstable();
-    }
-    assert_eq!(continued, keys, "every key ran on both versions");
-    assert_same_output(
-        &output,
-        &expected_counts(events, keys),
+    // Each key's counts continue across both swaps and the rollback, and
+    // nothing is lost or repeated.
+    crate::support::assert_upgraded_counts(
+        &committed_lines(&out),
+        (events, keys),
         "swapped to a broken version (rolled back), then to v2",
     );
 }

@@ -15,7 +15,8 @@ use weir::graph::JobSpec;
 use weir::runtime::{RecordBatch, RestoreFrom, StartOptions};
 
 use crate::support::{
-    TempDir, assert_same_output, committed_lines, env, examples_dir, expected_counts, keyed_output,
+    TempDir, assert_same_output, assert_upgraded_counts, committed_lines, env, examples_dir,
+    expected_counts, keyed_output,
 };
 
 /// Reads the generator's events, slowly enough for checkpoints to happen,
@@ -627,32 +628,9 @@ fn a_savepoint_resumes_with_a_newer_module_version_that_keeps_the_state() {
     .wait()
     .unwrap();
 
-    // Counts emitted by v2 carry its mark; without it they must continue
-    // exactly where v1 stopped, key by key.
-    const MARK: u64 = 1_000_000;
-    let mut output = keyed_output(&committed_lines(&out));
-    let mut upgraded = 0;
-    for (counts, _) in output.values_mut() {
-        let v1_max = counts
-            .iter()
-            .filter(|&&c| c < MARK)
-            .max()
-            .copied()
-            .unwrap_or(0);
-        let v2_min = counts.iter().filter(|&&c| c >= MARK).min().copied();
-        if let Some(v2_min) = v2_min {
-            assert_eq!(v2_min - MARK, v1_max + 1, "v2 continues from v1's state");
-            upgraded += 1;
-        }
-        for c in counts.iter_mut() {
-            *c %= MARK;
-        }
-        counts.sort_unstable();
-    }
-    assert_eq!(upgraded, keys, "every key got outputs from the new version");
-    assert_same_output(
-        &output,
-        &expected_counts(events, keys),
+    assert_upgraded_counts(
+        &committed_lines(&out),
+        (events, keys),
         "stopped on v1, resumed on v2",
     );
 }

@@ -175,3 +175,31 @@ pub fn assert_same_output(actual: &KeyedOutput, expected: &KeyedOutput, context:
         );
     }
 }
+
+/// Checks keyed-count output where a second version (keyed-count-v2, which
+/// adds 1 000 000 to every count it emits) took over from the first: every
+/// key got counts from both, v2's continue exactly where v1's stopped, and
+/// with the mark removed the output is exactly the expected counts.
+pub fn assert_upgraded_counts(lines: &[String], (events, keys): (u64, u64), context: &str) {
+    const MARK: u64 = 1_000_000;
+    let mut output = keyed_output(lines);
+    let mut continued = 0;
+    for (counts, _) in output.values_mut() {
+        let v1_max = counts.iter().filter(|&&c| c < MARK).max().copied();
+        let v2_min = counts.iter().filter(|&&c| c >= MARK).min().copied();
+        if let Some(v2_min) = v2_min {
+            assert_eq!(
+                v2_min - MARK,
+                v1_max.unwrap_or(0) + 1,
+                "{context}: v2 continues from v1's state"
+            );
+            continued += 1;
+        }
+        for c in counts.iter_mut() {
+            *c %= MARK;
+        }
+        counts.sort_unstable();
+    }
+    assert_eq!(continued, keys, "{context}: every key got counts from v2");
+    assert_same_output(&output, &expected_counts(events, keys), context);
+}
