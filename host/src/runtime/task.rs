@@ -505,6 +505,11 @@ impl Task {
             let mut out = std::mem::take(&mut self.outputs[i]);
             out.clear();
             let r = fire(self.operators[i].as_mut(), &mut out);
+            // What timers and the watermark release (window results) is
+            // output of the operator too.
+            let m = &self.operator_metrics[i];
+            m.records_out.inc_by(out.main.len() as u64);
+            m.bytes_out.inc_by(out.main.byte_len() as u64);
             out.main.origin = Some(Instant::now());
             self.outputs[i] = out;
             r?;

@@ -152,6 +152,8 @@ fn a_running_job_is_visible_in_metrics_that_promtool_accepts_and_prometheus_scra
     for series in [
         "weir_operator_records_in_total{job=\"watched\",operator=\"count\",task=\"0\"}",
         "weir_operator_records_in_total{job=\"watched\",operator=\"count\",task=\"1\"}",
+        // Window results leave on the watermark, not on a batch.
+        "weir_operator_records_out_total{job=\"watched\",operator=\"count\",task=\"0\"}",
         "weir_operator_batch_duration_seconds_count{job=\"watched\",operator=\"count\"}",
         "weir_wasm_calls_total{job=\"watched\",operator=\"count\"}",
         "weir_wasm_memory_bytes{job=\"watched\",operator=\"count\",task=\"0\"}",
