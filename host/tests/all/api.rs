@@ -274,49 +274,12 @@ fn a_job_takes_savepoints_stops_and_resumes_at_another_parallelism() {
     );
 }
 
-/// A child process killed when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_killed_server_restarts_with_its_modules_and_resumes_its_jobs() {
     let tmp = TempDir::new("api-restart");
     let data = tmp.path("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let start = || {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--token",
-                TOKEN,
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .env("WEIR_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let child = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "weir serve did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child
-    };
+    let port = crate::support::free_port();
+    let start = || crate::support::weir_serve(port, &data, TOKEN);
     let http = Http::new(format!("http://127.0.0.1:{port}"));
     let server = start();
     let (status, _) = http.post(

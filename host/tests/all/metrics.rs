@@ -7,35 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{TempDir, examples_dir};
+use crate::support::{KillOnDrop, TempDir, examples_dir, free_port, wait_for_port, weir_serve};
 
 const TOKEN: &str = "metrics-token";
-
-/// A child process killed when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn tool(name: &str) -> &'static str {
     let path: &'static str = match name {
@@ -100,24 +74,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 fn a_running_job_is_visible_in_metrics_that_promtool_accepts_and_prometheus_scrapes() {
     let tmp = TempDir::new("metrics");
     let port = free_port();
-    let _server = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--token",
-                TOKEN,
-            ])
-            .arg("--data-dir")
-            .arg(tmp.path("data"))
-            .env("WEIR_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port, "weir serve");
+    let _server = weir_serve(port, &tmp.path("data"), TOKEN);
     let base = format!("http://127.0.0.1:{port}");
     let module = std::fs::read(examples_dir().join("window_count.wasm")).unwrap();
     let (status, body) = post(&format!("{base}/v1/modules?name=wc"), module);

@@ -203,3 +203,51 @@ pub fn assert_upgraded_counts(lines: &[String], (events, keys): (u64, u64), cont
     assert_eq!(continued, keys, "{context}: every key got counts from v2");
     assert_same_output(&output, &expected_counts(events, keys), context);
 }
+
+/// A child process killed when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `weir serve` as a child process on 127.0.0.1:`port`, ready when returned.
+pub fn weir_serve(port: u16, data_dir: &Path, token: &str) -> KillOnDrop {
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--token",
+            token,
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("WEIR_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("weir serve starts");
+    let server = KillOnDrop(child);
+    wait_for_port(port, "weir serve");
+    server
+}
