@@ -393,11 +393,7 @@ fn a_savepoint_at_parallelism_2_resumes_at_3_and_at_1_with_the_uninterrupted_res
         StartOptions::default(),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while handle.records_processed() < 60_000 {
-        assert!(Instant::now() < deadline, "the job makes no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    crate::support::wait_for_records(&handle, 60_000);
     let savepoint = handle
         .stop_with_savepoint(&tmp.path("savepoints"))
         .expect("savepoint");
@@ -603,11 +599,7 @@ fn a_savepoint_resumes_with_a_newer_module_version_that_keeps_the_state() {
         StartOptions::default(),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while handle.records_processed() < 30_000 {
-        assert!(Instant::now() < deadline, "the job makes no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    crate::support::wait_for_records(&handle, 30_000);
     let savepoint = handle.stop_with_savepoint(&tmp.path("savepoints")).unwrap();
     handle.wait().unwrap();
     let manifest = std::fs::read_to_string(savepoint.join("manifest.json")).unwrap();

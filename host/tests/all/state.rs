@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use weir::graph::JobSpec;
 use weir::runtime::{RestoreFrom, StartOptions};
@@ -192,11 +191,7 @@ fn a_rocksdb_savepoint_resumes_on_rocksdb_at_3_and_on_memory_at_1() {
         StartOptions::default(),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while handle.records_processed() < 30_000 {
-        assert!(Instant::now() < deadline, "the job makes no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    crate::support::wait_for_records(&handle, 30_000);
     let savepoint = handle
         .stop_with_savepoint(&tmp.path("savepoints"))
         .expect("savepoint");

@@ -251,3 +251,15 @@ pub fn weir_serve(port: u16, data_dir: &Path, token: &str) -> KillOnDrop {
     wait_for_port(port, "weir serve");
     server
 }
+
+/// Waits until a started job's sources have taken in `records`.
+pub fn wait_for_records(handle: &weir::runtime::JobHandle, records: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while handle.records_processed() < records {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job makes no progress"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
