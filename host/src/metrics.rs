@@ -31,6 +31,7 @@ pub struct Metrics {
     pub idle_inputs: IntGaugeVec,
     pub late_records: IntCounterVec,
     pub far_future_records: IntCounterVec,
+    pub rejected_records: IntCounterVec,
     pub backpressure_seconds: CounterVec,
     pub checkpoint_seconds: HistogramVec,
     pub checkpoint_bytes: IntGaugeVec,
@@ -147,6 +148,12 @@ impl Metrics {
                 "weir_far_future_records_total",
                 "Records beyond the future horizon, which do not move the watermark.",
                 JOB
+            )?),
+            rejected_records: register!(counter(
+                "weir_rejected_records_total",
+                "Poison records set aside by the job's on_error policy (operator `source`: \
+                 records the source could not decode), by outcome (skipped, dead_lettered).",
+                &["job", "operator", "outcome"]
             )?),
             backpressure_seconds: register!(CounterVec::new(
                 Opts::new(

@@ -6,7 +6,8 @@
 //! the event time in milliseconds. `format: lines`: the line is the value,
 //! the key is empty and the event time is the line number.
 //! A line that is not JSON, or lacks a named field, fails the job with the
-//! file, line number and problem.
+//! file, line number and problem, or is handed over as rejected (see
+//! [`Source::reject_bad_records`]).
 //!
 //! The file is one split; its position is the byte offset after the last
 //! line read, and the line count.
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use super::{ConnectorError, Poll, Source, SourceAssignment, SplitPosition};
 use crate::graph::spec::FileFormat;
 use crate::runtime::batch::RecordBatch;
+use crate::runtime::operator::RejectedRecord;
 
 pub struct FileSource {
     path: PathBuf,
@@ -30,6 +32,8 @@ pub struct FileSource {
     line: String,
     /// False for an instance that was dealt no split on a restore.
     has_split: bool,
+    reject_bad: bool,
+    rejected: Vec<RejectedRecord>,
 }
 
 impl FileSource {
@@ -73,6 +77,8 @@ impl FileSource {
             offset,
             line: String::new(),
             has_split,
+            reject_bad: false,
+            rejected: Vec::new(),
         })
     }
 
@@ -117,6 +123,14 @@ impl FileSource {
 }
 
 impl Source for FileSource {
+    fn reject_bad_records(&mut self) {
+        self.reject_bad = true;
+    }
+
+    fn take_rejected(&mut self, into: &mut Vec<RejectedRecord>) {
+        into.append(&mut self.rejected);
+    }
+
     fn positions(&self) -> Option<Vec<SplitPosition>> {
         Some(if self.has_split {
             vec![SplitPosition {
@@ -155,7 +169,16 @@ impl Source for FileSource {
                     if text.trim().is_empty() {
                         continue;
                     }
-                    self.push_json(text, out)?;
+                    match self.push_json(text, out) {
+                        Ok(()) => {}
+                        Err(e) if self.reject_bad => self.rejected.push(RejectedRecord {
+                            key: Vec::new(),
+                            value: text.as_bytes().to_vec(),
+                            timestamp: self.line_number as i64,
+                            error: e.to_string(),
+                        }),
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }

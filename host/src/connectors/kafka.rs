@@ -37,6 +37,7 @@
 //! one broker round trip), the restarted job finds the transaction aborted
 //! by the fencing and the records it held are missing from the output.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -52,6 +53,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::{ConnectorError, Poll, SinkMode, Source, SourceAssignment, SplitPosition};
 use crate::graph::spec::{KafkaDelivery, KafkaSinkSpec, KafkaSourceSpec, KafkaStart};
 use crate::runtime::batch::RecordBatch;
+use crate::runtime::operator::RejectedRecord;
 
 /// Transactional ids per sink instance: one open transaction, and room for
 /// pre-committed ones whose checkpoints have not completed yet.
@@ -98,6 +100,8 @@ pub struct KafkaSource {
     idle_timeout: Option<Duration>,
     split_count: u32,
     pace: Option<(u64, Instant, u64)>,
+    reject_bad: bool,
+    rejected: Vec<RejectedRecord>,
 }
 
 impl KafkaSource {
@@ -189,7 +193,49 @@ impl KafkaSource {
             idle_timeout: spec.watermark.idle_timeout,
             split_count,
             pace: spec.rate.filter(|&r| r > 0).map(|r| (r, Instant::now(), 0)),
+            reject_bad: false,
+            rejected: Vec::new(),
         })
+    }
+
+    /// The key and event time a record's JSON value names, where the spec
+    /// says to take them from the value (`None`: from the Kafka record).
+    fn decode(
+        &self,
+        payload: &[u8],
+        partition: i32,
+        offset: i64,
+    ) -> Result<(Option<Vec<u8>>, Option<i64>), ConnectorError> {
+        if self.key_field.is_none() && self.timestamp_field.is_none() {
+            return Ok((None, None));
+        }
+        let value = serde_json::from_slice::<serde_json::Value>(payload)
+            .map_err(|e| self.bad(partition, offset, format!("value is not JSON: {e}")))?;
+        let key = match &self.key_field {
+            Some(field) => Some(match json_field(&value, field) {
+                Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+                Some(other) => other.to_string().into_bytes(),
+                None => {
+                    return Err(self.bad(partition, offset, format!("no key field `{field}`")));
+                }
+            }),
+            None => None,
+        };
+        let timestamp = match &self.timestamp_field {
+            Some(field) => Some(
+                json_field(&value, field)
+                    .and_then(serde_json::Value::as_i64)
+                    .ok_or_else(|| {
+                        self.bad(
+                            partition,
+                            offset,
+                            format!("timestamp field `{field}` is missing or not an integer"),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        Ok((key, timestamp))
     }
 
     fn bad(&self, partition: i32, offset: i64, problem: String) -> ConnectorError {
@@ -356,44 +402,29 @@ impl Source for KafkaSource {
                 continue;
             }
             let payload = message.payload().unwrap_or_default();
-            let parsed = if self.key_field.is_some() || self.timestamp_field.is_some() {
-                Some(
-                    serde_json::from_slice::<serde_json::Value>(payload).map_err(|e| {
-                        self.bad(partition, offset, format!("value is not JSON: {e}"))
-                    })?,
-                )
-            } else {
-                None
+            let record_time = || match message.timestamp() {
+                Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => t,
+                Timestamp::NotAvailable => crate::time::now_millis(),
             };
-            let key_text;
-            let key: &[u8] = match (&self.key_field, &parsed) {
-                (Some(field), Some(v)) => {
-                    let k = json_field(v, field).ok_or_else(|| {
-                        self.bad(partition, offset, format!("no key field `{field}`"))
-                    })?;
-                    key_text = match k {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    key_text.as_bytes()
+            let (key, timestamp) = match self.decode(payload, partition, offset) {
+                Ok((key, timestamp)) => (
+                    key.map(Cow::Owned)
+                        .unwrap_or(Cow::Borrowed(message.key().unwrap_or_default())),
+                    timestamp.unwrap_or_else(record_time),
+                ),
+                Err(e) if self.reject_bad => {
+                    self.rejected.push(RejectedRecord {
+                        key: message.key().unwrap_or_default().to_vec(),
+                        value: payload.to_vec(),
+                        timestamp: record_time(),
+                        error: e.to_string(),
+                    });
+                    self.partitions[i].next = offset + 1;
+                    continue;
                 }
-                _ => message.key().unwrap_or_default(),
+                Err(e) => return Err(e),
             };
-            let timestamp = match (&self.timestamp_field, &parsed) {
-                (Some(field), Some(v)) => json_field(v, field)
-                    .and_then(serde_json::Value::as_i64)
-                    .ok_or_else(|| {
-                        self.bad(
-                            partition,
-                            offset,
-                            format!("timestamp field `{field}` is missing or not an integer"),
-                        )
-                    })?,
-                _ => match message.timestamp() {
-                    Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => t,
-                    Timestamp::NotAvailable => crate::time::now_millis(),
-                },
-            };
+            let key = &key[..];
             out.push(key, payload, timestamp);
             let state = &mut self.partitions[i];
             state.next = offset + 1;
@@ -442,6 +473,14 @@ impl Source for KafkaSource {
 
     fn split_count(&self) -> Option<u32> {
         Some(self.split_count)
+    }
+
+    fn reject_bad_records(&mut self) {
+        self.reject_bad = true;
+    }
+
+    fn take_rejected(&mut self, into: &mut Vec<RejectedRecord>) {
+        into.append(&mut self.rejected);
     }
 }
 

@@ -3,7 +3,9 @@
 //! A [`Source`] instance fills batches until it is exhausted; a [`Sink`]
 //! instance receives every batch that reaches the end of its task's chain.
 //! Sources report bad input as [`ConnectorError::BadRecord`] naming the file,
-//! line and problem; nothing is skipped silently.
+//! line and problem; nothing is skipped silently. When the job's `on_error`
+//! sets poison records aside, a source told so ([`Source::reject_bad_records`])
+//! hands such records over instead, with the problem, and goes on.
 //!
 //! A source is made of *splits* (a generator's interleaved sequences, a
 //! file, later a Kafka partition), the unit of position in checkpoints. The
@@ -20,6 +22,7 @@ use std::path::PathBuf;
 
 use crate::graph::spec::SourceSpec;
 use crate::runtime::batch::RecordBatch;
+use crate::runtime::operator::RejectedRecord;
 
 pub use sinks::{Sink, SinkFactory, SinkMode, SinkTotals, commit_part, recover_directory};
 
@@ -120,6 +123,16 @@ pub trait Source: Send {
     /// Kafka topic's partitions).
     fn split_count(&self) -> Option<u32> {
         None
+    }
+
+    /// From now on, a record that cannot be decoded is handed over by
+    /// [`Source::take_rejected`] instead of failing `poll`. Its position is
+    /// passed either way, so it is not read again after a restore.
+    fn reject_bad_records(&mut self) {}
+
+    /// Moves the records rejected since the last call into `into`.
+    fn take_rejected(&mut self, into: &mut Vec<RejectedRecord>) {
+        let _ = into;
     }
 }
 

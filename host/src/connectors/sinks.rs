@@ -152,12 +152,23 @@ pub struct SinkFactory {
 }
 
 impl SinkFactory {
-    pub fn new(spec: &SinkSpec, mode: SinkMode, job: &str) -> Result<Self, ConnectorError> {
+    /// `name`: `main`, `<operator>.<side output>` or `dead-letter`; a Kafka
+    /// sink other than the main one gets transactional ids of its own.
+    pub fn new(
+        spec: &SinkSpec,
+        mode: SinkMode,
+        job: &str,
+        name: &str,
+    ) -> Result<Self, ConnectorError> {
         let (target, format) = match spec {
             SinkSpec::Kafka(k) => (
                 Target::Kafka {
                     spec: k.clone(),
-                    job: job.to_owned(),
+                    job: if name == "main" {
+                        job.to_owned()
+                    } else {
+                        format!("{job}-{name}")
+                    },
                     mode,
                 },
                 SinkFormat::default(),

@@ -60,6 +60,28 @@ pub struct JobSpec {
     /// up to 3 times 1 s apart; without, fail the job.
     #[serde(default)]
     pub restart: Option<RestartSpec>,
+    /// What happens to a record the source cannot decode or an operator
+    /// fails on (a poison record).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Where rejected records go with `on_error: dead-letter`.
+    #[serde(default)]
+    pub dead_letter: Option<SinkSpec>,
+}
+
+/// The policy for poison records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// The task fails and the job restarts by its restart strategy (the
+    /// record fails again after every restart unless the code changes).
+    #[default]
+    Fail,
+    /// The record is dropped and counted.
+    Skip,
+    /// The record, with the error and where it happened, goes to the
+    /// `dead_letter` sink, and is counted.
+    DeadLetter,
 }
 
 /// `checkpoint: {interval: 1s, dir: ./weir-data/checkpoints, retain: 3, timeout: 10m}`.
@@ -845,11 +867,13 @@ impl JobSpec {
         if let SourceSpec::File(f) = &mut self.source {
             resolve(&mut f.path);
         }
-        let sinks = std::iter::once(&mut self.sink).chain(
-            self.operators
-                .iter_mut()
-                .flat_map(|o| o.side_outputs.values_mut()),
-        );
+        let sinks = std::iter::once(&mut self.sink)
+            .chain(self.dead_letter.as_mut())
+            .chain(
+                self.operators
+                    .iter_mut()
+                    .flat_map(|o| o.side_outputs.values_mut()),
+            );
         for sink in sinks {
             if let SinkSpec::File { path, .. } | SinkSpec::Directory { path, .. } = sink {
                 resolve(path);
@@ -977,13 +1001,32 @@ impl JobSpec {
                 }
             }
         }
-        let sinks = std::iter::once(("sink".to_owned(), &self.sink)).chain(
-            self.operators.iter().enumerate().flat_map(|(i, o)| {
+        match (self.on_error, &self.dead_letter) {
+            (OnError::DeadLetter, None) => {
+                return Err(invalid(
+                    "dead_letter",
+                    "`on_error: dead-letter` needs a `dead_letter` sink for the rejected records",
+                ));
+            }
+            (OnError::Fail | OnError::Skip, Some(_)) => {
+                return Err(invalid(
+                    "dead_letter",
+                    "is only used with `on_error: dead-letter`",
+                ));
+            }
+            _ => {}
+        }
+        let sinks = std::iter::once(("sink".to_owned(), &self.sink))
+            .chain(
+                self.dead_letter
+                    .iter()
+                    .map(|s| ("dead_letter".to_owned(), s)),
+            )
+            .chain(self.operators.iter().enumerate().flat_map(|(i, o)| {
                 o.side_outputs
                     .iter()
                     .map(move |(name, s)| (format!("operators[{i}].side_outputs.{name}"), s))
-            }),
-        );
+            }));
         for (field, sink) in sinks {
             if let SinkSpec::Kafka(k) = sink {
                 if k.brokers.trim().is_empty() || k.topic.trim().is_empty() {

@@ -69,6 +69,14 @@ impl RecordBatch {
         self.origin = None;
     }
 
+    /// Keeps the first `len` records.
+    pub fn truncate(&mut self, len: usize) {
+        if let Some(e) = self.entries.get(len) {
+            self.data.truncate(e.start as usize);
+            self.entries.truncate(len);
+        }
+    }
+
     /// Keeps the older of the batch's origin and `other`.
     pub fn merge_origin(&mut self, other: Option<std::time::Instant>) {
         self.origin = match (self.origin, other) {

@@ -37,13 +37,14 @@ use crate::connectors::{
     ConnectorError, SinkFactory, SinkMode, Source, SourceAssignment, build_source,
     recover_directory,
 };
-use crate::graph::spec::{JobSpec, SourceSpec, StateBackendKind, WindowSpec};
+use crate::graph::spec::{JobSpec, OnError, SourceSpec, StateBackendKind, WindowSpec};
 use crate::graph::{TaskGroup, key_group_range, plan};
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{InstanceInfo, Operator, OperatorError};
 use crate::runtime::router::{Envelope, Router};
 use crate::runtime::task::{
-    FinalSnapshot, Head, SharedCounters, SourceTime, Tail, Task, TaskError, TaskLink, TaskStats,
+    DEAD_LETTER_SINK, FinalSnapshot, Head, Rejects, SharedCounters, SourceTime, Tail, Task,
+    TaskError, TaskLink, TaskStats,
 };
 use crate::state::{RocksDbConfig, RocksDbShared, StateFactory};
 use crate::time::{BoundedOutOfOrderness, InputWatermarks};
@@ -136,6 +137,10 @@ pub struct JobReport {
     /// Records later than their windows' allowed lateness (sent to the
     /// windows' late side outputs).
     pub late_records: u64,
+    /// Poison records set aside by `on_error` (skipped or dead-lettered).
+    pub rejected_records: u64,
+    /// Records that reached the dead-letter sink.
+    pub dead_letter_records: u64,
     pub elapsed: Duration,
     /// Time tasks spent blocked on full channels, summed.
     pub blocked: Duration,
@@ -201,6 +206,8 @@ struct OperatorPlan {
     parallelism: u32,
     keyed: bool,
     window: Option<WindowSpec>,
+    /// Set poison records aside instead of failing (`on_error`).
+    isolate_failures: bool,
 }
 
 fn build_operator(
@@ -231,7 +238,10 @@ fn build_operator(
         .map_err(|e| OperatorError::new(&info, e))?;
     let op: Box<dyn Operator> = match &plan.kind {
         OperatorKind::Wasm { module, config } => {
-            let guest = wasm.instantiate(module, info.clone(), backend, config)?;
+            let mut guest = wasm.instantiate(module, info.clone(), backend, config)?;
+            if plan.isolate_failures && plan.window.is_none() {
+                guest.isolate_failures();
+            }
             match &plan.window {
                 Some(window) => Box::new(WindowOperator::new(
                     guest,
@@ -447,6 +457,7 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
             parallelism: spec.operator_parallelism(i),
             keyed,
             window: op.window.clone(),
+            isolate_failures: spec.on_error != OnError::Fail,
         });
     }
     let store = spec
@@ -675,7 +686,7 @@ fn run_once(
 
     // Sinks, and their folders brought to the restored checkpoint's state.
     let make_sink = |name: String, sink| -> Result<Arc<SinkFactory>, JobError> {
-        let factory = SinkFactory::new(sink, mode, &spec.name)?;
+        let factory = SinkFactory::new(sink, mode, &spec.name, &name)?;
         if let Some(dir) = factory.directory() {
             let keep = restore
                 .as_ref()
@@ -698,6 +709,14 @@ fn run_once(
         side_sinks.push(m);
     }
     let side_sinks = Arc::new(side_sinks);
+    let dead_letter_sink = spec
+        .dead_letter
+        .as_ref()
+        .map(|sink| make_sink(DEAD_LETTER_SINK.into(), sink))
+        .transpose()
+        .map_err(setup)?;
+    all_sinks.extend(dead_letter_sink.clone());
+    let task_count: u32 = groups.iter().map(|g| g.parallelism).sum();
 
     // Channels: one bounded channel per instance of every group but the first.
     let mut receivers: Vec<Vec<Option<Receiver<Envelope>>>> = vec![Vec::new()];
@@ -764,6 +783,10 @@ fn run_once(
                     (SourceSpec::Embedded(_), Some(make)) => make(&assignment),
                     _ => build_source(&spec.source, &assignment).map_err(|e| setup(e.into()))?,
                 };
+                let mut source = source;
+                if spec.on_error != OnError::Fail {
+                    source.reject_bad_records();
+                }
                 if restore.is_none()
                     && let Some(n) = source.split_count()
                 {
@@ -813,6 +836,14 @@ fn run_once(
                         .instance(group.parallelism)
                         .map_err(|e| setup(e.into()))?,
                 )
+            };
+            let rejects = Rejects {
+                policy: spec.on_error,
+                sink: dead_letter_sink
+                    .as_ref()
+                    .map(|f| f.instance(task_count))
+                    .transpose()
+                    .map_err(|e| setup(e.into()))?,
             };
             let name = format!("{}/{}#{}", spec.name, group_name(spec, group), instance);
             let ops = group.operators.clone();
@@ -871,6 +902,7 @@ fn run_once(
                     operators.push(op);
                 }
                 let mut task = Task::new(name, head, operators, sides, tail, batch_size, link);
+                task.set_rejects(rejects);
                 if let Some(w) = resume_watermark {
                     task.resume_at(w)?;
                 }
@@ -1079,6 +1111,10 @@ fn run_once(
         unrouted_side_records: shared.unrouted_side_records.load(Ordering::Relaxed),
         far_future_records: shared.far_future_records.load(Ordering::Relaxed),
         late_records: shared.late_records.load(Ordering::Relaxed),
+        rejected_records: shared.rejected_records.load(Ordering::Relaxed),
+        dead_letter_records: dead_letter_sink
+            .as_ref()
+            .map_or(0, |f| f.totals.records.load(Ordering::Relaxed)),
         elapsed: started.elapsed(),
         blocked,
         latency: shared.latency,

@@ -16,11 +16,20 @@ use crate::state::StateError;
 use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry, SnapshotError};
 
 /// Where an operator writes: the main output and one batch per declared
-/// side output, in declaration order.
+/// side output, in declaration order, and the input records it set aside as
+/// poison (only when the job's `on_error` is not `fail`).
 #[derive(Debug, Default)]
 pub struct Output {
     pub main: RecordBatch,
     pub side: Vec<RecordBatch>,
+    pub rejected: Vec<RejectedRecord>,
+}
+
+/// How far an [`Output`] was filled, to take back what a failed call added.
+#[derive(Clone, Debug)]
+pub struct OutputMark {
+    main: usize,
+    side: Vec<usize>,
 }
 
 impl Output {
@@ -29,7 +38,33 @@ impl Output {
         for s in &mut self.side {
             s.clear();
         }
+        self.rejected.clear();
     }
+
+    pub fn mark(&self) -> OutputMark {
+        OutputMark {
+            main: self.main.len(),
+            side: self.side.iter().map(RecordBatch::len).collect(),
+        }
+    }
+
+    /// Drops every record emitted since `mark`.
+    pub fn truncate(&mut self, mark: &OutputMark) {
+        self.main.truncate(mark.main);
+        for (s, &len) in self.side.iter_mut().zip(&mark.side) {
+            s.truncate(len);
+        }
+    }
+}
+
+/// A record that could not be decoded or that an operator failed on, with
+/// the error, set aside by the job's `on_error` policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedRecord {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub timestamp: i64,
+    pub error: String,
 }
 
 /// Which parallel instance of which operator of which job.
@@ -65,6 +100,20 @@ pub enum FailureKind {
     State(#[from] StateError),
     #[error("restoring state: {0}")]
     Restore(String),
+}
+
+impl FailureKind {
+    /// The guest's code failed on its input (as opposed to the host, its
+    /// state storage or the operator's setup).
+    pub fn is_guest_fault(&self) -> bool {
+        matches!(
+            self,
+            FailureKind::Guest(_)
+                | FailureKind::Trap(_)
+                | FailureKind::Deadline { .. }
+                | FailureKind::BadOutput(_)
+        )
+    }
 }
 
 impl From<SnapshotError> for FailureKind {

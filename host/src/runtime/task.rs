@@ -41,10 +41,11 @@ use crate::checkpoint::coordinator::WriteRequest;
 use crate::checkpoint::manifest::{SinkSnapshot, SourceSnapshot, TaskSnapshot, encode_state_file};
 use crate::checkpoint::{Barrier, CheckpointId};
 use crate::connectors::{ConnectorError, Poll, Sink, Source};
+use crate::graph::spec::OnError;
 use crate::metrics::{OperatorMetrics, TaskMetrics};
 use crate::runtime::batch::RecordBatch;
 use crate::runtime::latency::LatencyHistogram;
-use crate::runtime::operator::{Operator, OperatorError, Output};
+use crate::runtime::operator::{Operator, OperatorError, Output, RejectedRecord};
 use crate::runtime::router::{Disconnected, Envelope, Event, Router};
 use crate::state::snapshot::KeyedSnapshot;
 use crate::time::{BoundedOutOfOrderness, InputWatermarks, now_millis};
@@ -61,6 +62,9 @@ pub enum TaskError {
     #[error("task {task}: {message}")]
     Internal { task: String, message: String },
 }
+
+/// The name dead-letter parts are listed under in checkpoints.
+pub const DEAD_LETTER_SINK: &str = "dead-letter";
 
 /// A finished task's final snapshot, for the job's coordinator.
 pub struct FinalSnapshot {
@@ -183,6 +187,41 @@ pub struct SharedCounters {
     pub far_future_records: Arc<std::sync::atomic::AtomicU64>,
     /// Records too late for every window they belong to.
     pub late_records: Arc<std::sync::atomic::AtomicU64>,
+    /// Poison records skipped or sent to the dead-letter sink.
+    pub rejected_records: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Where a task's poison records go, by the job's `on_error`.
+pub struct Rejects {
+    pub policy: OnError,
+    /// The dead-letter sink's instance (`on_error: dead-letter`).
+    pub sink: Option<Box<dyn Sink>>,
+}
+
+impl Default for Rejects {
+    fn default() -> Self {
+        Rejects {
+            policy: OnError::Fail,
+            sink: None,
+        }
+    }
+}
+
+/// The dead-letter record of a rejected one: the original value (as JSON
+/// when it is JSON, else as a string), the error, and where it happened.
+pub fn dead_letter_value(job: &str, operator: &str, instance: u32, r: &RejectedRecord) -> Vec<u8> {
+    let value = serde_json::from_slice::<serde_json::Value>(&r.value)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&r.value).into()));
+    let letter = serde_json::json!({
+        "job": job,
+        "operator": operator,
+        "instance": instance,
+        "error": r.error,
+        "key": String::from_utf8_lossy(&r.key),
+        "timestamp": r.timestamp,
+        "value": value,
+    });
+    serde_json::to_vec(&letter).expect("a JSON value serialises")
 }
 
 /// Counters of one finished task.
@@ -213,6 +252,9 @@ pub struct Task {
     metrics: TaskMetrics,
     /// Backpressure time already added to the metric.
     blocked_reported: Duration,
+    rejects: Rejects,
+    rejected: Vec<RejectedRecord>,
+    dead_letters: RecordBatch,
 }
 
 impl Task {
@@ -230,6 +272,7 @@ impl Task {
             .map(|op| Output {
                 main: RecordBatch::with_capacity(batch_size, batch_size * 32),
                 side: vec![RecordBatch::new(); op.side_outputs().len()],
+                rejected: Vec::new(),
             })
             .collect();
         let task_label = name.split_once('/').map_or(name.as_str(), |(_, t)| t);
@@ -255,7 +298,49 @@ impl Task {
             watermark: i64::MIN,
             stats: TaskStats::default(),
             last_snapshot: 0,
+            rejects: Rejects::default(),
+            rejected: Vec::new(),
+            dead_letters: RecordBatch::new(),
         }
+    }
+
+    pub fn set_rejects(&mut self, rejects: Rejects) {
+        self.rejects = rejects;
+    }
+
+    /// Sets aside the records `stage` (an operator, or the source) rejected,
+    /// by the job's `on_error`.
+    fn reject(&mut self, stage: &str, rejected: &mut Vec<RejectedRecord>) -> Result<(), TaskError> {
+        let Some(first) = rejected.first() else {
+            return Ok(());
+        };
+        let outcome = match self.rejects.policy {
+            OnError::Skip => "skipped",
+            OnError::DeadLetter => "dead_lettered",
+            OnError::Fail => {
+                return Err(self.internal(format!(
+                    "`{stage}` set records aside, but the job's on_error is `fail`"
+                )));
+            }
+        };
+        let n = rejected.len() as u64;
+        tracing::warn!(task = %self.name, operator = stage, records = n, outcome,
+            error = %first.error, "poison records set aside");
+        crate::metrics::metrics()
+            .rejected_records
+            .with_label_values(&[self.link.job.as_str(), stage, outcome])
+            .inc_by(n);
+        self.shared.rejected_records.fetch_add(n, Ordering::Relaxed);
+        if let Some(sink) = &mut self.rejects.sink {
+            self.dead_letters.clear();
+            for r in rejected.iter() {
+                let letter = dead_letter_value(&self.link.job, stage, self.link.instance, r);
+                self.dead_letters.push(&r.key, &letter, r.timestamp);
+            }
+            sink.write(&self.dead_letters)?;
+        }
+        rejected.clear();
+        Ok(())
     }
 
     /// Starts at a restored watermark: operators learn it (nothing fires, as
@@ -301,6 +386,15 @@ impl Task {
             if !pending.is_empty() {
                 sinks.push(SinkSnapshot {
                     sink: "main".into(),
+                    pending,
+                });
+            }
+        }
+        if let Some(sink) = &mut self.rejects.sink {
+            let pending = sink.prepare_commit(checkpoint)?;
+            if !pending.is_empty() {
+                sinks.push(SinkSnapshot {
+                    sink: DEAD_LETTER_SINK.into(),
                     pending,
                 });
             }
@@ -395,6 +489,9 @@ impl Task {
                 sink.close()?;
             }
         }
+        if let Some(sink) = &mut self.rejects.sink {
+            sink.close()?;
+        }
         Ok(())
     }
 
@@ -484,6 +581,12 @@ impl Task {
             m.records_out.inc_by(out.main.len() as u64);
             m.bytes_out.inc_by(out.main.byte_len() as u64);
             out.main.origin = source.origin;
+            if !out.rejected.is_empty() {
+                let mut rejected = std::mem::take(&mut out.rejected);
+                let stage = self.link.operator_names[i].clone();
+                self.reject(&stage, &mut rejected)?;
+                self.outputs[i].rejected = rejected;
+            }
             self.route_side_outputs(i)?;
             if self.outputs[i].main.is_empty() {
                 return Ok(());
@@ -661,6 +764,12 @@ impl Task {
             batch.clear();
             batch.origin = Some(Instant::now());
             let poll = source.poll(&mut batch, self.batch_size)?;
+            source.take_rejected(&mut self.rejected);
+            if !self.rejected.is_empty() {
+                let mut rejected = std::mem::take(&mut self.rejected);
+                self.reject("source", &mut rejected)?;
+                self.rejected = rejected;
+            }
             let beyond = time.observe(&batch);
             if beyond > 0 {
                 self.shared

@@ -182,12 +182,14 @@ impl TimerService {
         }
     }
 
-    pub fn register(&mut self, domain: TimeDomain, time: i64, key: &[u8]) {
-        self.set(domain).insert((time, key.into()));
+    /// Returns whether the timer is new.
+    pub fn register(&mut self, domain: TimeDomain, time: i64, key: &[u8]) -> bool {
+        self.set(domain).insert((time, key.into()))
     }
 
-    pub fn delete(&mut self, domain: TimeDomain, time: i64, key: &[u8]) {
-        self.set(domain).remove(&(time, Box::from(key)));
+    /// Returns whether there was such a timer.
+    pub fn delete(&mut self, domain: TimeDomain, time: i64, key: &[u8]) -> bool {
+        self.set(domain).remove(&(time, Box::from(key)))
     }
 
     pub fn len(&self) -> usize {

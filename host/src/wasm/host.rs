@@ -20,7 +20,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::weir::operator::{log, output, state, timers, types};
 use crate::runtime::batch::RecordBatch;
 use crate::runtime::operator::InstanceInfo;
-use crate::state::{StateBackend, StateId};
+use crate::state::{MapEntries, StateBackend, StateError, StateId};
 use crate::time::{TimeDomain, TimerService, now_millis};
 
 /// Lines of guest stderr kept to explain a trap.
@@ -179,12 +179,156 @@ pub struct CallState {
     pub direct_main: RecordBatch,
     pub direct_side: Vec<RecordBatch>,
     pub watermark: i64,
+    /// While failures are isolated: what the current call changed through
+    /// the imports, so a failed call can be taken back as a whole.
+    pub journal: Option<Vec<Undo>>,
+}
+
+/// The state a guest call found before it changed it through an import.
+#[derive(Debug)]
+pub enum Undo {
+    MapEntry {
+        id: StateId,
+        key_group: u32,
+        key: Vec<u8>,
+        map_key: Vec<u8>,
+        old: Option<Vec<u8>>,
+    },
+    Map {
+        id: StateId,
+        key_group: u32,
+        key: Vec<u8>,
+        entries: MapEntries,
+    },
+    List {
+        id: StateId,
+        key_group: u32,
+        key: Vec<u8>,
+        items: Vec<Vec<u8>>,
+    },
+    TimerAdded {
+        domain: TimeDomain,
+        time: i64,
+        key: Vec<u8>,
+    },
+    TimerRemoved {
+        domain: TimeDomain,
+        time: i64,
+        key: Vec<u8>,
+    },
+}
+
+/// Which part of a key's state an import is about to change.
+enum Before<'a> {
+    MapEntry(&'a [u8]),
+    Map,
+    List,
 }
 
 impl CallState {
     pub fn begin_batch(&mut self) {
         self.slot_bytes.clear();
         self.slots.clear();
+        if let Some(journal) = &mut self.journal {
+            journal.clear();
+        }
+    }
+
+    /// Takes back what the failed call changed through the imports (its
+    /// direct emits and, when journaled, its map, list and timer changes),
+    /// newest change first.
+    pub fn roll_back(&mut self) -> Result<(), StateError> {
+        self.direct_main.clear();
+        for side in &mut self.direct_side {
+            side.clear();
+        }
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(());
+        };
+        let b = self.backend.as_mut();
+        for undo in std::mem::take(journal).into_iter().rev() {
+            match undo {
+                Undo::MapEntry {
+                    id,
+                    key_group,
+                    key,
+                    map_key,
+                    old,
+                } => match old {
+                    Some(v) => b.map_put(id, key_group, &key, &map_key, &v)?,
+                    None => b.map_remove(id, key_group, &key, &map_key)?,
+                },
+                Undo::Map {
+                    id,
+                    key_group,
+                    key,
+                    entries,
+                } => {
+                    b.map_clear(id, key_group, &key)?;
+                    for (k, v) in entries {
+                        b.map_put(id, key_group, &key, &k, &v)?;
+                    }
+                }
+                Undo::List {
+                    id,
+                    key_group,
+                    key,
+                    items,
+                } => {
+                    b.list_clear(id, key_group, &key)?;
+                    for item in items {
+                        b.list_append(id, key_group, &key, &item)?;
+                    }
+                }
+                Undo::TimerAdded { domain, time, key } => {
+                    self.timers.delete(domain, time, &key);
+                }
+                Undo::TimerRemoved { domain, time, key } => {
+                    self.timers.register(domain, time, &key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Journals the state an import is about to change, when journaling.
+    fn remember(
+        &mut self,
+        slot: u32,
+        kind: &str,
+        state: u32,
+        before: Before<'_>,
+    ) -> wasmtime::Result<()> {
+        if self.journal.is_none() {
+            return Ok(());
+        }
+        let undo = self.with_key(slot, kind, state, |b, id, key_group, key| {
+            Ok(match before {
+                Before::MapEntry(map_key) => Undo::MapEntry {
+                    id,
+                    key_group,
+                    key: key.to_vec(),
+                    map_key: map_key.to_vec(),
+                    old: b.map_get(id, key_group, key, map_key)?,
+                },
+                Before::Map => Undo::Map {
+                    id,
+                    key_group,
+                    key: key.to_vec(),
+                    entries: b.map_entries(id, key_group, key)?,
+                },
+                Before::List => Undo::List {
+                    id,
+                    key_group,
+                    key: key.to_vec(),
+                    items: b.list_get(id, key_group, key)?,
+                },
+            })
+        })?;
+        if let Some(journal) = &mut self.journal {
+            journal.push(undo);
+        }
+        Ok(())
     }
 
     pub fn push_slot(&mut self, key: &[u8], key_group: u32) -> u32 {
@@ -349,6 +493,7 @@ impl HostState {
                 direct_main: RecordBatch::new(),
                 direct_side: Vec::new(),
                 watermark: i64::MIN,
+                journal: None,
             },
             stderr,
         }
@@ -385,12 +530,16 @@ impl state::Host for HostState {
         map_key: Vec<u8>,
         value: Vec<u8>,
     ) -> wasmtime::Result<()> {
+        self.call
+            .remember(slot, "map", state, Before::MapEntry(&map_key))?;
         self.call.with_key(slot, "map", state, |b, id, kg, key| {
             b.map_put(id, kg, key, &map_key, &value)
         })
     }
 
     fn map_remove(&mut self, slot: u32, state: u32, map_key: Vec<u8>) -> wasmtime::Result<()> {
+        self.call
+            .remember(slot, "map", state, Before::MapEntry(&map_key))?;
         self.call.with_key(slot, "map", state, |b, id, kg, key| {
             b.map_remove(id, kg, key, &map_key)
         })
@@ -403,6 +552,7 @@ impl state::Host for HostState {
     }
 
     fn map_clear(&mut self, slot: u32, state: u32) -> wasmtime::Result<()> {
+        self.call.remember(slot, "map", state, Before::Map)?;
         self.call.with_key(slot, "map", state, |b, id, kg, key| {
             b.map_clear(id, kg, key)
         })
@@ -415,12 +565,14 @@ impl state::Host for HostState {
     }
 
     fn list_append(&mut self, slot: u32, state: u32, value: Vec<u8>) -> wasmtime::Result<()> {
+        self.call.remember(slot, "list", state, Before::List)?;
         self.call.with_key(slot, "list", state, |b, id, kg, key| {
             b.list_append(id, kg, key, &value)
         })
     }
 
     fn list_clear(&mut self, slot: u32, state: u32) -> wasmtime::Result<()> {
+        self.call.remember(slot, "list", state, Before::List)?;
         self.call.with_key(slot, "list", state, |b, id, kg, key| {
             b.list_clear(id, kg, key)
         })
@@ -443,14 +595,32 @@ impl timers::Host for HostState {
     ) -> wasmtime::Result<()> {
         let s = self.call.slot(slot)?;
         let key = slot_key_in(&self.call.slot_bytes, s);
-        self.call.timers.register(domain(d), time, key);
+        let domain = domain(d);
+        if self.call.timers.register(domain, time, key)
+            && let Some(journal) = &mut self.call.journal
+        {
+            journal.push(Undo::TimerAdded {
+                domain,
+                time,
+                key: key.to_vec(),
+            });
+        }
         Ok(())
     }
 
     fn delete_timer(&mut self, slot: u32, time: i64, d: types::TimeDomain) -> wasmtime::Result<()> {
         let s = self.call.slot(slot)?;
         let key = slot_key_in(&self.call.slot_bytes, s);
-        self.call.timers.delete(domain(d), time, key);
+        let domain = domain(d);
+        if self.call.timers.delete(domain, time, key)
+            && let Some(journal) = &mut self.call.journal
+        {
+            journal.push(Undo::TimerRemoved {
+                domain,
+                time,
+                key: key.to_vec(),
+            });
+        }
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! emits already copied to `out`, which the task discards with the failed batch.
 
 use std::hash::Hasher;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,10 @@ use super::engine::{SandboxEngine, SandboxPolicy};
 use super::host::{HostState, slot_key_in};
 use crate::graph::key_group;
 use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
-use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
+use crate::runtime::operator::{
+    FailureKind, InstanceInfo, Operator, OperatorError, Output, RejectedRecord,
+};
+use crate::state::memory::MemoryBackend;
 use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry, restore_entry};
 use crate::state::{StateBackend, StateId, StateKind, ValueHandle};
 use crate::time::{TimeDomain, now_millis};
@@ -163,31 +167,22 @@ impl WasmRuntime {
         config: &[u8],
     ) -> Result<WasmOperator, OperatorError> {
         let policy = &self.sandbox.policy;
-        let host = HostState::new(
-            info.clone(),
-            backend,
-            policy.memory_limit,
-            policy.max_table_elements,
-        );
-        let mut store = Store::new(&self.sandbox.engine, host);
-        store.limiter(|h| &mut h.limits);
-        store.epoch_deadline_trap();
         let deadline_ticks = policy.deadline_ticks();
         let deadline_ms = policy.call_deadline.as_millis() as u64;
-        store.set_epoch_deadline(deadline_ticks);
-        let guest = module
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| OperatorError::new(&info, FailureKind::Init(format!("{e:#}"))))?;
-        store.set_epoch_deadline(deadline_ticks);
-        let declared = match guest.call_init(&mut store, config) {
-            Ok(Ok(declared)) => declared,
-            Ok(Err(message)) => return Err(OperatorError::new(&info, FailureKind::Init(message))),
-            Err(e) => {
-                let kind = trap_kind(&e, &store, deadline_ms);
-                return Err(OperatorError::new(&info, kind));
-            }
+        let limits = InstanceLimits {
+            memory: policy.memory_limit,
+            table_elements: policy.max_table_elements,
+            deadline_ticks,
+            deadline_ms,
         };
+        let (mut store, guest, declared) = start_instance(
+            &self.sandbox.engine,
+            &module.pre,
+            &info,
+            backend,
+            config,
+            &limits,
+        )?;
         let has_state = !(declared.value_states.is_empty()
             && declared.map_states.is_empty()
             && declared.list_states.is_empty());
@@ -223,8 +218,9 @@ impl WasmRuntime {
             info,
             store,
             guest,
-            deadline_ticks,
-            deadline_ms,
+            pre: module.pre.clone(),
+            config: config.to_vec(),
+            limits,
             value_ids,
             value_state_names: declared.value_states,
             has_state,
@@ -235,6 +231,45 @@ impl WasmRuntime {
             handle_slots: FxHashMap::default(),
             slot_handles: Vec::new(),
         })
+    }
+}
+
+/// What each instance of a module may use.
+#[derive(Clone, Copy, Debug)]
+struct InstanceLimits {
+    memory: usize,
+    table_elements: usize,
+    deadline_ticks: u64,
+    deadline_ms: u64,
+}
+
+type Declared = super::bindings::weir::operator::types::OperatorInfo;
+
+/// A new store and instance of `pre` holding `backend`, its `init` run.
+fn start_instance(
+    engine: &wasmtime::Engine,
+    pre: &OperatorPre<HostState>,
+    info: &InstanceInfo,
+    backend: Box<dyn StateBackend>,
+    config: &[u8],
+    limits: &InstanceLimits,
+) -> Result<(Store<HostState>, OperatorWorld, Declared), OperatorError> {
+    let host = HostState::new(info.clone(), backend, limits.memory, limits.table_elements);
+    let mut store = Store::new(engine, host);
+    store.limiter(|h| &mut h.limits);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(limits.deadline_ticks);
+    let guest = pre
+        .instantiate(&mut store)
+        .map_err(|e| OperatorError::new(info, FailureKind::Init(format!("{e:#}"))))?;
+    store.set_epoch_deadline(limits.deadline_ticks);
+    match guest.call_init(&mut store, config) {
+        Ok(Ok(declared)) => Ok((store, guest, declared)),
+        Ok(Err(message)) => Err(OperatorError::new(info, FailureKind::Init(message))),
+        Err(e) => {
+            let kind = trap_kind(&e, &store, limits.deadline_ms);
+            Err(OperatorError::new(info, kind))
+        }
     }
 }
 
@@ -304,8 +339,10 @@ pub struct WasmOperator {
     metrics: WasmMetrics,
     store: Store<HostState>,
     guest: OperatorWorld,
-    deadline_ticks: u64,
-    deadline_ms: u64,
+    /// To start a fresh instance after a trap (failure isolation).
+    pre: OperatorPre<HostState>,
+    config: Vec<u8>,
+    limits: InstanceLimits,
     /// Backend ids of the value states shipped with each batch, in guest order.
     value_ids: Vec<StateId>,
     value_state_names: Vec<String>,
@@ -450,7 +487,7 @@ impl WasmOperator {
 
     /// Calls the guest with the encoded input and applies its output.
     fn call_guest(&mut self, kind: BatchKind, out: &mut Output) -> Result<(), OperatorError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.set_epoch_deadline(self.limits.deadline_ticks);
         let started = std::time::Instant::now();
         let result = match kind {
             BatchKind::Records => self.guest.call_process(&mut self.store, &self.input),
@@ -471,13 +508,42 @@ impl WasmOperator {
             )),
             Ok(Ok(bytes)) => return self.apply_output(&bytes, out),
             Ok(Err(message)) => FailureKind::Guest(message),
-            Err(e) => trap_kind(&e, &self.store, self.deadline_ms),
+            Err(e) => trap_kind(&e, &self.store, self.limits.deadline_ms),
         };
         WasmMetrics::failed(&self.info, &failure);
         Err(self.fail(failure))
     }
 
+    /// Checks a whole output buffer against the batch without applying
+    /// anything, so that an isolated call is applied entirely or not at all.
+    fn check_output(&self, bytes: &[u8]) -> Result<(), OperatorError> {
+        let bad = |what: String| OperatorError::new(&self.info, FailureKind::BadOutput(what));
+        let slots = self.store.data().call.slots.len();
+        let mut reader = OutputReader::new(bytes).map_err(|e| bad(e.to_string()))?;
+        while let Some(e) = reader.next_emit().map_err(|e| bad(e.to_string()))? {
+            if e.tag != weir_abi::MAIN_OUTPUT && e.tag as usize > self.side_outputs.len() {
+                return Err(bad(format!(
+                    "emitted to side output tag {}, but the operator declared {} side outputs",
+                    e.tag,
+                    self.side_outputs.len()
+                )));
+            }
+        }
+        while let Some(u) = reader.next_update().map_err(|e| bad(e.to_string()))? {
+            if u.slot as usize >= slots {
+                return Err(bad(format!("state update for slot {} of {slots}", u.slot)));
+            }
+            if u.state as usize >= self.value_ids.len() {
+                return Err(bad(format!("update of undeclared value state {}", u.state)));
+            }
+        }
+        Ok(())
+    }
+
     fn apply_output(&mut self, bytes: &[u8], out: &mut Output) -> Result<(), OperatorError> {
+        if self.isolating() {
+            self.check_output(bytes)?;
+        }
         let bad = |what: String| FailureKind::BadOutput(what);
         let call = &mut self.store.data_mut().call;
         // Emits made through imports came first in the guest's own order.
@@ -718,6 +784,120 @@ impl WasmOperator {
     }
 }
 
+/// Failure isolation, for `on_error: skip | dead-letter`.
+///
+/// A batch whose call fails by the guest's fault (an error it returns, a
+/// trap, the deadline, a malformed output) is taken back as a whole: its
+/// emits are dropped, the map, list and timer changes it made through the
+/// imports are undone from the journal, value states were not yet written,
+/// and an instance that trapped is replaced by a fresh one of the same
+/// module holding the same state. Then each half of the batch runs on its
+/// own, down to the single records that fail alone: those are the poison
+/// records, handed to the task in `Output::rejected`. Every other record
+/// takes effect exactly once. A batch of `n` records with one poison record
+/// costs about `2 log2(n)` extra calls; with an endless loop, each of the
+/// `log2(n) + 1` calls that holds the record waits out the deadline.
+///
+/// Timers and window steps are not isolated (no single record is to blame):
+/// their failures fail the task as with `on_error: fail`.
+impl WasmOperator {
+    /// Turns isolation on: from now on each call journals what it changes.
+    pub fn isolate_failures(&mut self) {
+        self.store.data_mut().call.journal = Some(Vec::new());
+    }
+
+    fn isolating(&self) -> bool {
+        self.store.data().call.journal.is_some()
+    }
+
+    fn process_range(
+        &mut self,
+        input: &RecordBatch,
+        range: Range<usize>,
+        out: &mut Output,
+    ) -> Result<(), OperatorError> {
+        self.assign_slots(range.clone().map(|i| {
+            let r = input.get(i);
+            (r.key, r.key_group)
+        }))?;
+        let slots = std::mem::take(&mut self.entry_slots);
+        let mut w = self.begin_input(BatchKind::Records)?;
+        for (i, slot) in range.zip(&slots) {
+            let r = input.get(i);
+            w.record(*slot, r.timestamp, r.value);
+        }
+        w.finish();
+        self.entry_slots = slots;
+        self.call_guest(BatchKind::Records, out)
+    }
+
+    fn process_isolated(
+        &mut self,
+        input: &RecordBatch,
+        range: Range<usize>,
+        out: &mut Output,
+    ) -> Result<(), OperatorError> {
+        let mark = out.mark();
+        let error = match self.process_range(input, range.clone(), out) {
+            Ok(()) => return Ok(()),
+            Err(e) if !e.kind.is_guest_fault() => return Err(e),
+            Err(e) => e,
+        };
+        out.truncate(&mark);
+        let call = &mut self.store.data_mut().call;
+        call.roll_back()
+            .map_err(|e| OperatorError::new(&self.info, e))?;
+        if matches!(
+            error.kind,
+            FailureKind::Trap(_) | FailureKind::Deadline { .. }
+        ) {
+            self.replace_instance()?;
+        }
+        if range.len() == 1 {
+            let r = input.get(range.start);
+            out.rejected.push(RejectedRecord {
+                key: r.key.to_vec(),
+                value: r.value.to_vec(),
+                timestamp: r.timestamp,
+                error: error.to_string(),
+            });
+            return Ok(());
+        }
+        let middle = range.start + range.len() / 2;
+        self.process_isolated(input, range.start..middle, out)?;
+        self.process_isolated(input, middle..range.end, out)
+    }
+
+    /// A trap leaves a component instance unusable: a fresh instance of the
+    /// same module, initialised with the same config, takes over this one's
+    /// state, timers and slot tables.
+    fn replace_instance(&mut self) -> Result<(), OperatorError> {
+        let engine = self.store.engine().clone();
+        let placeholder = Box::new(MemoryBackend::new(0..0));
+        let (mut store, guest, declared) = start_instance(
+            &engine,
+            &self.pre,
+            &self.info,
+            placeholder,
+            &self.config,
+            &self.limits,
+        )?;
+        if declared.value_states != self.value_state_names
+            || declared.side_outputs != self.side_outputs
+        {
+            return Err(self.fail(FailureKind::Init(
+                "after a trap, a fresh instance declared other states or side outputs than \
+                 the first; the operator cannot go on"
+                    .into(),
+            )));
+        }
+        std::mem::swap(&mut store.data_mut().call, &mut self.store.data_mut().call);
+        self.store = store;
+        self.guest = guest;
+        Ok(())
+    }
+}
+
 impl Operator for WasmOperator {
     fn side_outputs(&self) -> &[String] {
         &self.side_outputs
@@ -727,15 +907,10 @@ impl Operator for WasmOperator {
         if input.is_empty() {
             return Ok(());
         }
-        self.assign_slots(input.iter().map(|r| (r.key, r.key_group)))?;
-        let slots = std::mem::take(&mut self.entry_slots);
-        let mut w = self.begin_input(BatchKind::Records)?;
-        for (r, slot) in input.iter().zip(&slots) {
-            w.record(*slot, r.timestamp, r.value);
+        if self.isolating() {
+            return self.process_isolated(input, 0..input.len(), out);
         }
-        w.finish();
-        self.entry_slots = slots;
-        self.call_guest(BatchKind::Records, out)
+        self.process_range(input, 0..input.len(), out)
     }
 
     fn advance_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<(), OperatorError> {

@@ -9,6 +9,7 @@ mod examples;
 mod kafka;
 mod keyed;
 mod metrics;
+mod poison;
 mod runtime;
 mod sandbox;
 mod spec;

@@ -17,6 +17,21 @@ fn run_one(operator_yaml: &str, source_yaml: &str) -> Result<weir::runtime::JobR
     weir::runtime::run(&spec, &env())
 }
 
+/// Runs one operator under its own sandbox policy.
+fn run_in(
+    policy: weir::wasm::SandboxPolicy,
+    operator_yaml: &str,
+    source_yaml: &str,
+) -> Result<weir::runtime::JobReport, JobError> {
+    let runtime = weir::wasm::WasmRuntime::new(policy, None).unwrap();
+    let env = weir::runtime::JobEnv::new(runtime, vec![fixtures_dir().to_owned()]);
+    let spec = JobSpec::parse(&format!(
+        "name: bad\nsource: {source_yaml}\noperators: [{operator_yaml}]\nsink: {{type: discard}}\n"
+    ))
+    .expect("spec is valid");
+    weir::runtime::run(&spec, &env)
+}
+
 fn operator_failure(
     result: Result<weir::runtime::JobReport, JobError>,
 ) -> weir::runtime::OperatorError {
@@ -121,7 +136,11 @@ fn a_missing_module_names_the_operator_and_where_it_looked() {
 
 #[test]
 fn a_guest_that_grows_memory_without_end_traps_at_its_limit() {
-    let e = operator_failure(run_one(
+    // The default 10 s deadline: filling 256 MiB on a loaded machine can
+    // take longer than the tests' short one, and the limit must be what
+    // stops it.
+    let e = operator_failure(run_in(
+        weir::wasm::SandboxPolicy::default(),
         "{name: hoard, module: memory-bomb}",
         "{type: generator, events: 10}",
     ));
@@ -159,28 +178,44 @@ fn deep_recursion_is_a_trap_not_a_process_abort() {
 fn output_beyond_the_per_call_limit_fails_the_operator_by_name() {
     // A guest memory limit above the 64 MiB output limit, so the output
     // check, not the memory limit, is what stops it.
-    let runtime = weir::wasm::WasmRuntime::new(
-        weir::wasm::SandboxPolicy {
-            memory_limit: 1 << 30,
-            ..weir::wasm::SandboxPolicy::default()
-        },
-        None,
-    )
-    .unwrap();
-    let env = weir::runtime::JobEnv::new(runtime, vec![fixtures_dir().to_owned()]);
-    let spec = JobSpec::parse(
-        "name: bad
-source: {type: generator, events: 1}
-\
-         operators: [{name: flood, module: huge-output}]
-sink: {type: discard}
-",
-    )
-    .unwrap();
-    let e = operator_failure(weir::runtime::run(&spec, &env));
+    let policy = weir::wasm::SandboxPolicy {
+        memory_limit: 1 << 30,
+        ..weir::wasm::SandboxPolicy::default()
+    };
+    let e = operator_failure(run_in(
+        policy,
+        "{name: flood, module: huge-output}",
+        "{type: generator, events: 1}",
+    ));
     assert_eq!(e.operator, "flood");
     let FailureKind::BadOutput(message) = &e.kind else {
         panic!("expected a bad output, got {:?}", e.kind)
     };
     assert!(message.contains("exceeds the limit"), "{message}");
+}
+
+#[test]
+fn a_component_missing_an_export_is_refused_by_naming_it() {
+    let err = runtime()
+        .load_file("partial", &fixtures_dir().join("missing_export.wasm"))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, ModuleError::WrongWorld { .. }), "{err}");
+    assert!(err.to_string().contains("window"), "{err}");
+}
+
+#[test]
+fn state_access_outside_the_batch_fails_the_operator_by_naming_the_slot() {
+    let e = operator_failure(run_one(
+        "{name: thief, module: state-outside-key, input: key}",
+        "{type: generator, events: 10}",
+    ));
+    assert_eq!(e.operator, "thief");
+    let FailureKind::Trap(message) = &e.kind else {
+        panic!("expected a trap, got {:?}", e.kind)
+    };
+    assert!(
+        message.contains("slot 1000000") && message.contains("only touch the keys of the batch"),
+        "{message}"
+    );
 }
