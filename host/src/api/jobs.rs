@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::registry::{ModuleRegistry, RegistryError};
 use crate::checkpoint::CheckpointStore;
 use crate::graph::JobSpec;
-use crate::runtime::{JobControl, JobEnv, JobError, RestoreFrom, StartOptions};
+use crate::runtime::{JobControl, JobEnv, JobError, RestoreFrom, StartOptions, SwapOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
@@ -44,6 +44,11 @@ pub enum JobsError {
     StopTimeout(String),
     #[error(transparent)]
     Job(#[from] JobError),
+    #[error("job `{job}`: {source}")]
+    Swap {
+        job: String,
+        source: crate::runtime::SwapError,
+    },
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("{path}: {source}")]
@@ -82,6 +87,15 @@ pub struct JobInfo {
     pub restored_from: Option<PathBuf>,
     #[serde(default)]
     pub restarts: u32,
+    /// Module swaps and their rollbacks, oldest first.
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at_ms: i64,
+    pub event: String,
 }
 
 /// What is stored per job to resubmit it after a restart.
@@ -121,10 +135,15 @@ pub struct Submit {
 #[derive(Clone, Debug, Serialize)]
 pub struct UpgradeOutcome {
     pub upgraded: bool,
+    /// `in-place`: swapped inside the running tasks at a checkpoint
+    /// barrier; `restart`: stopped with a savepoint and resumed (jobs
+    /// without periodic checkpoints).
+    pub mode: &'static str,
     pub operator: String,
     /// The module version the operator runs now (`name@version`).
     pub module: String,
-    /// The savepoint the upgrade was taken at.
+    /// The checkpoint or savepoint taken at the upgrade, the old version's
+    /// state: what a rollback restarts from.
     pub savepoint: PathBuf,
     /// Why the new version was rolled back, when it was.
     pub rolled_back: Option<String>,
@@ -234,6 +253,7 @@ impl JobManager {
             savepoint: None,
             restored_from: None,
             restarts: 0,
+            history: Vec::new(),
         };
         let record = JobRecord {
             spec: text.to_owned(),
@@ -417,12 +437,22 @@ impl JobManager {
         *slot = serde_yaml::Value::String(module.to_owned());
         let new_text = serde_yaml::to_string(&value).expect("YAML values serialize");
         // Refuse an unknown module before anything stops.
-        self.registry
-            .resolve(module)
-            .map_err(|source| JobsError::Module {
-                operator: operator.to_owned(),
-                source,
-            })?;
+        let (version, path) =
+            self.registry
+                .resolve(module)
+                .map_err(|source| JobsError::Module {
+                    operator: operator.to_owned(),
+                    source,
+                })?;
+        let reference = format!(
+            "{}@{}",
+            module.split('@').next().unwrap_or(module),
+            version.version
+        );
+        let checkpointed = JobSpec::parse(&old_text).is_ok_and(|s| s.checkpoint.is_some());
+        if let (true, Some(store)) = (checkpointed, &store) {
+            return self.swap_in_place(name, operator, (&reference, &path), new_text, store);
+        }
 
         let savepoint = self.savepoint(name, true)?;
         self.wait_not_running(name, std::time::Duration::from_secs(60))?;
@@ -469,6 +499,85 @@ impl JobManager {
         self.outcome(name, operator, savepoint, Some(reason))
     }
 
+    /// The in-place upgrade: the new version takes over inside the running
+    /// tasks at a checkpoint barrier and is confirmed by the next complete
+    /// checkpoint, or rolled back to the one taken at the swap.
+    fn swap_in_place(
+        &self,
+        name: &str,
+        operator: &str,
+        (reference, path): (&str, &Path),
+        new_text: String,
+        store: &CheckpointStore,
+    ) -> Result<UpgradeOutcome, JobsError> {
+        let loaded =
+            self.env
+                .wasm
+                .load_file(reference, path)
+                .map_err(|source| JobError::Module {
+                    operator: operator.to_owned(),
+                    source,
+                })?;
+        let outcome = self
+            .control(name)?
+            .swap_operator(operator, loaded, None)
+            .map_err(|source| JobsError::Swap {
+                job: name.to_owned(),
+                source,
+            })?;
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        let entry = jobs
+            .get_mut(name)
+            .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
+        let info = &mut entry.record.info;
+        let previous = info.modules.get(operator).cloned().unwrap_or_default();
+        let (savepoint, rolled_back, event) = match outcome {
+            SwapOutcome::Committed {
+                swapped_at,
+                confirmed_by,
+            } => {
+                info.modules
+                    .insert(operator.to_owned(), reference.to_owned());
+                entry.record.spec = new_text;
+                (
+                    store.checkpoint_dir(swapped_at),
+                    None,
+                    format!(
+                        "operator `{operator}` swapped from {previous} to {reference} at \
+                         checkpoint {swapped_at}, confirmed by checkpoint {confirmed_by}"
+                    ),
+                )
+            }
+            SwapOutcome::RolledBack { reason } => (
+                store
+                    .complete()
+                    .ok()
+                    .and_then(|ids| ids.last().map(|&id| store.checkpoint_dir(id)))
+                    .unwrap_or_default(),
+                Some(reason.clone()),
+                format!(
+                    "operator `{operator}`: {reference} failed and was rolled back to \
+                     {previous}: {reason}"
+                ),
+            ),
+        };
+        tracing::info!(job = %name, %event, "upgrade");
+        entry.record.info.history.push(HistoryEntry {
+            at_ms: crate::time::now_millis(),
+            event,
+        });
+        Self::persist(&self.data_dir, &entry.record);
+        let module = entry.record.info.modules.get(operator).cloned();
+        Ok(UpgradeOutcome {
+            mode: "in-place",
+            upgraded: rolled_back.is_none(),
+            operator: operator.to_owned(),
+            module: module.unwrap_or_default(),
+            savepoint,
+            rolled_back,
+        })
+    }
+
     fn outcome(
         &self,
         name: &str,
@@ -478,6 +587,7 @@ impl JobManager {
     ) -> Result<UpgradeOutcome, JobsError> {
         let module = self.get(name)?.modules.get(operator).cloned();
         Ok(UpgradeOutcome {
+            mode: "restart",
             upgraded: rolled_back.is_none(),
             operator: operator.to_owned(),
             module: module.unwrap_or_default(),

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use jobs::{JobManager, JobsError, Submit};
 use registry::{ModuleRegistry, RegistryError};
 
-use crate::runtime::JobEnv;
+use crate::runtime::{JobEnv, SwapError};
 
 /// Largest module upload.
 pub const MODULE_BODY_LIMIT: usize = 64 << 20;
@@ -73,6 +73,11 @@ impl From<JobsError> for ApiError {
             | JobsError::Job(crate::runtime::JobError::Module { .. })
             | JobsError::Job(crate::runtime::JobError::Checkpoint(_))
             | JobsError::Checkpoint(_) => StatusCode::BAD_REQUEST,
+            JobsError::Swap { source, .. } => match source {
+                SwapError::NoOperator(_) => StatusCode::NOT_FOUND,
+                SwapError::NotWasm(_) | SwapError::NoCheckpoints => StatusCode::BAD_REQUEST,
+                SwapError::Busy(_) | SwapError::NotRunning => StatusCode::CONFLICT,
+            },
             JobsError::Job(_) | JobsError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())

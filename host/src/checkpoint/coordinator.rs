@@ -25,7 +25,7 @@ use crossbeam_channel::Sender;
 
 use super::manifest::{FileEntry, Manifest, ManifestKind, ModuleVersion, TaskSnapshot};
 use super::storage::CheckpointStore;
-use super::{Barrier, BarrierKind, CheckpointError, CheckpointId};
+use super::{Barrier, BarrierKind, CheckpointError, CheckpointId, SwapOrder};
 use crate::connectors::SinkFactory;
 use crate::time::now_millis;
 
@@ -105,11 +105,25 @@ struct Pending {
     reply: Option<Sender<Result<PathBuf, CheckpointError>>>,
 }
 
-/// A savepoint asked for while another checkpoint was in flight.
-struct SavepointRequest {
-    target: PathBuf,
-    stop: bool,
-    reply: Sender<Result<PathBuf, CheckpointError>>,
+/// A savepoint or module swap asked for while another checkpoint was in
+/// flight.
+enum Request {
+    Savepoint {
+        target: PathBuf,
+        stop: bool,
+        reply: Sender<Result<PathBuf, CheckpointError>>,
+    },
+    Swap {
+        swap: Arc<SwapOrder>,
+        reply: Sender<Result<PathBuf, CheckpointError>>,
+    },
+}
+
+impl Request {
+    fn refuse(self, error: CheckpointError) {
+        let (Request::Savepoint { reply, .. } | Request::Swap { reply, .. }) = self;
+        let _ = reply.send(Err(error));
+    }
 }
 
 /// Settings and facts of the job the coordinator needs.
@@ -151,7 +165,7 @@ pub struct Coordinator {
     next_id: CheckpointId,
     last_trigger: Instant,
     pending: Option<Pending>,
-    queued: VecDeque<SavepointRequest>,
+    queued: VecDeque<Request>,
     finals: Vec<Option<Final>>,
     /// Tasks that are gone without finishing (stopped, failed).
     gone: Vec<bool>,
@@ -209,7 +223,14 @@ impl Coordinator {
             return;
         }
         if let Some(r) = self.queued.pop_front() {
-            self.trigger_savepoint(r.target, r.stop, r.reply);
+            match r {
+                Request::Savepoint {
+                    target,
+                    stop,
+                    reply,
+                } => self.trigger_savepoint(target, stop, reply),
+                Request::Swap { swap, reply } => self.trigger_swap(swap, reply),
+            }
             return;
         }
         if let Some(interval) = self.config.interval
@@ -218,7 +239,49 @@ impl Coordinator {
             && !self.gone.iter().any(|&g| g)
         {
             let dir = self.config.store.checkpoint_dir(self.next_id);
-            self.trigger(BarrierKind::Checkpoint, dir, None);
+            self.trigger(BarrierKind::Checkpoint, dir, None, None);
+        }
+    }
+
+    /// Asks for a checkpoint whose barrier swaps an operator's module (see
+    /// [`SwapOrder`]); the answer is the checkpoint's folder once complete.
+    /// The checkpoint is the swap's fallback: it holds the old version's
+    /// state.
+    pub fn request_swap(
+        &mut self,
+        swap: Arc<SwapOrder>,
+        reply: Sender<Result<PathBuf, CheckpointError>>,
+    ) {
+        if self.all_finished() || self.gone.iter().any(|&g| g) {
+            let _ = reply.send(Err(CheckpointError::NotRunning));
+            return;
+        }
+        if self.pending.is_some() {
+            self.queued.push_back(Request::Swap { swap, reply });
+        } else {
+            self.trigger_swap(swap, reply);
+        }
+    }
+
+    fn trigger_swap(
+        &mut self,
+        swap: Arc<SwapOrder>,
+        reply: Sender<Result<PathBuf, CheckpointError>>,
+    ) {
+        let dir = self.config.store.checkpoint_dir(self.next_id);
+        self.trigger(BarrierKind::Checkpoint, dir, Some(reply), Some(swap));
+    }
+
+    /// The module an operator runs from now on, as later manifests record it.
+    pub fn set_module(&mut self, version: ModuleVersion) {
+        match self
+            .config
+            .modules
+            .iter_mut()
+            .find(|m| m.operator == version.operator)
+        {
+            Some(m) => *m = version,
+            None => self.config.modules.push(version),
         }
     }
 
@@ -235,7 +298,7 @@ impl Coordinator {
             return;
         }
         if self.pending.is_some() {
-            self.queued.push_back(SavepointRequest {
+            self.queued.push_back(Request::Savepoint {
                 target,
                 stop,
                 reply,
@@ -252,7 +315,7 @@ impl Coordinator {
         reply: Sender<Result<PathBuf, CheckpointError>>,
     ) {
         let dir = target.join(format!("savepoint-{}-{}", self.config.job, self.next_id));
-        self.trigger(BarrierKind::Savepoint { stop }, dir, Some(reply));
+        self.trigger(BarrierKind::Savepoint { stop }, dir, Some(reply), None);
     }
 
     fn trigger(
@@ -260,6 +323,7 @@ impl Coordinator {
         kind: BarrierKind,
         dir: PathBuf,
         reply: Option<Sender<Result<PathBuf, CheckpointError>>>,
+        swap: Option<Arc<SwapOrder>>,
     ) {
         let id = self.next_id;
         self.next_id += 1;
@@ -281,6 +345,7 @@ impl Coordinator {
             id,
             kind,
             dir: dir.clone(),
+            swap,
         };
         tracing::debug!(job = %self.config.job, checkpoint = id, ?kind, "checkpoint triggered");
         for trigger in self.triggers.iter().flatten() {
@@ -379,7 +444,7 @@ impl Coordinator {
             return;
         }
         let dir = self.config.store.checkpoint_dir(self.next_id);
-        self.trigger(BarrierKind::Checkpoint, dir, None);
+        self.trigger(BarrierKind::Checkpoint, dir, None, None);
     }
 
     fn count_failure(&mut self) {
@@ -404,7 +469,7 @@ impl Coordinator {
     pub fn abandon(&mut self, reason: &str) {
         self.abort(reason.to_owned());
         for r in self.queued.drain(..) {
-            let _ = r.reply.send(Err(CheckpointError::NotRunning));
+            r.refuse(CheckpointError::NotRunning);
         }
     }
 

@@ -59,6 +59,28 @@ pub struct Barrier {
     pub kind: BarrierKind,
     /// The folder this checkpoint's files go to.
     pub dir: Arc<PathBuf>,
+    /// A module swap that takes effect right after this barrier's snapshot:
+    /// the checkpoint holds the old version's state, and every record after
+    /// the barrier meets the new version.
+    pub swap: Option<Arc<SwapOrder>>,
+}
+
+/// Replace an operator's module in the running tasks.
+pub struct SwapOrder {
+    pub operator: String,
+    pub module: crate::wasm::WasmModule,
+    /// The new version's `init` config (JSON bytes).
+    pub config: Vec<u8>,
+}
+
+impl std::fmt::Debug for SwapOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwapOrder")
+            .field("operator", &self.operator)
+            .field("module", &self.module.name)
+            .field("digest", &self.module.digest)
+            .finish()
+    }
 }
 
 impl Barrier {

@@ -32,7 +32,7 @@ use crate::checkpoint::coordinator::{
     CheckpointCounts, Coordinator, CoordinatorConfig, Written, spawn_writer,
 };
 use crate::checkpoint::manifest::ModuleVersion;
-use crate::checkpoint::{CheckpointError, CheckpointStore, LoadedCheckpoint};
+use crate::checkpoint::{CheckpointError, CheckpointId, CheckpointStore, LoadedCheckpoint};
 use crate::connectors::{
     ConnectorError, SinkFactory, SinkMode, Source, SourceAssignment, build_source,
     recover_directory,
@@ -194,12 +194,14 @@ pub fn resolve_module(operator: &str, module: &str, dirs: &[PathBuf]) -> Result<
     })
 }
 
+#[derive(Clone)]
 enum OperatorKind {
     Wasm { module: WasmModule, config: Vec<u8> },
     Native(String),
 }
 
 /// Everything a task thread needs to build its operators.
+#[derive(Clone)]
 struct OperatorPlan {
     name: String,
     kind: OperatorKind,
@@ -282,7 +284,66 @@ enum JobCommand {
         stop: bool,
         reply: Sender<Result<PathBuf, CheckpointError>>,
     },
+    Swap {
+        operator: String,
+        module: WasmModule,
+        config: Option<Vec<u8>>,
+        reply: Sender<Result<SwapOutcome, SwapError>>,
+    },
     Cancel,
+}
+
+/// How a hot swap ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwapOutcome {
+    /// The new version took over at checkpoint `swapped_at` and has run
+    /// through checkpoint `confirmed_by` since: it is the operator's module
+    /// from now on, also across restarts.
+    Committed {
+        swapped_at: CheckpointId,
+        confirmed_by: CheckpointId,
+    },
+    /// The new version failed before a checkpoint confirmed it (or the
+    /// swap's own checkpoint did not complete): the job restarted from the
+    /// checkpoint taken at the swap, on the old version.
+    RolledBack { reason: String },
+}
+
+/// Why a hot swap was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error("the job has no operator `{0}`")]
+    NoOperator(String),
+    #[error("operator `{0}` is native; only Wasm operators swap modules")]
+    NotWasm(String),
+    #[error(
+        "a hot swap needs periodic checkpoints (`checkpoint:` in the job spec): the checkpoint \
+         taken at the swap is what a failing new version rolls back to"
+    )]
+    NoCheckpoints,
+    #[error("operator `{0}` is already being swapped")]
+    Busy(String),
+    #[error("the job is not running")]
+    NotRunning,
+}
+
+/// A swap between its request and its outcome; outlives a failed run, whose
+/// restart is the rollback.
+struct SwapInFlight {
+    order: Arc<crate::checkpoint::SwapOrder>,
+    reply: Sender<Result<SwapOutcome, SwapError>>,
+    /// The swap's checkpoint, once triggered: completes with its folder.
+    ack: Receiver<Result<PathBuf, CheckpointError>>,
+    /// The swap's checkpoint, once complete.
+    swapped_at: Option<CheckpointId>,
+}
+
+impl SwapInFlight {
+    fn roll_back(self, reason: String) {
+        tracing::warn!(operator = %self.order.operator, module = %self.order.module.name,
+            %reason, "hot swap rolled back");
+        let _ = self.reply.send(Ok(SwapOutcome::RolledBack { reason }));
+    }
 }
 
 /// Commands to a running job; cheap to clone and keep after the
@@ -321,6 +382,29 @@ impl JobControl {
 
     pub fn cancel(&self) {
         let _ = self.commands.send(JobCommand::Cancel);
+    }
+
+    /// Hot swap: `operator` runs `module` from the next checkpoint barrier
+    /// on, with its state as it is (`config: None` keeps the current
+    /// config). Blocks until the new version is confirmed by a complete
+    /// checkpoint after the swap, or has failed and the job rolled back to
+    /// the swap's checkpoint on the old version.
+    pub fn swap_operator(
+        &self,
+        operator: &str,
+        module: WasmModule,
+        config: Option<Vec<u8>>,
+    ) -> Result<SwapOutcome, SwapError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(JobCommand::Swap {
+                operator: operator.to_owned(),
+                module,
+                config,
+                reply,
+            })
+            .map_err(|_| SwapError::NotRunning)?;
+        answer.recv().map_err(|_| SwapError::NotRunning)?
     }
 
     /// Records taken in by the sources of the current run so far.
@@ -394,8 +478,9 @@ pub fn run(spec: &JobSpec, env: &JobEnv) -> Result<JobReport, JobError> {
 struct Prepared {
     spec: JobSpec,
     env: JobEnv,
-    operator_plans: Arc<Vec<OperatorPlan>>,
-    modules: Vec<ModuleVersion>,
+    /// What runs: a committed hot swap changes these for later runs.
+    operator_plans: std::sync::Mutex<Arc<Vec<OperatorPlan>>>,
+    modules: std::sync::Mutex<Vec<ModuleVersion>>,
     store: Option<CheckpointStore>,
     state: Arc<StateFactory>,
 }
@@ -494,8 +579,8 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
     let prepared = Prepared {
         spec: spec.clone(),
         env: env.clone(),
-        operator_plans: Arc::new(operator_plans),
-        modules,
+        operator_plans: std::sync::Mutex::new(Arc::new(operator_plans)),
+        modules: std::sync::Mutex::new(modules),
         store,
         state,
     };
@@ -588,6 +673,9 @@ fn run_attempts(
     };
     let mut restore = initial.clone();
     let mut restarts = 0;
+    let mut swap: Option<SwapInFlight> = None;
+    // Swaps asked for while the job waited to restart: the next run starts them.
+    let mut deferred: Vec<SwapRequest> = Vec::new();
     loop {
         if let Some(c) = &restore {
             tracing::info!(job = %spec.name, from = %c.dir.display(), finished = c.manifest.finished,
@@ -597,7 +685,20 @@ fn run_attempts(
                     "the job had already run to its end: nothing is left to do (run it with --fresh to start over)");
             }
         }
-        match run_once(prepared, restore.clone(), commands, progress) {
+        let result = run_once(
+            prepared,
+            restore.clone(),
+            commands,
+            progress,
+            (&mut swap, std::mem::take(&mut deferred)),
+        );
+        if let (Some(s), Err(e)) = (swap.take(), &result) {
+            s.roll_back(match e {
+                RunError::Setup(e) | RunError::Failed(e) => e.to_string(),
+                RunError::Cancelled => "the job was cancelled".into(),
+            });
+        }
+        match result {
             Ok(mut report) => {
                 report.restarts = restarts;
                 return Ok(report);
@@ -616,7 +717,7 @@ fn run_attempts(
                 };
                 tracing::warn!(job = %spec.name, error = %e, restart = restarts,
                     delay_ms = delay.as_millis() as u64, "job failed; restarting");
-                if wait_or_cancel(commands, delay) {
+                if wait_or_cancel(commands, delay, &mut deferred) {
                     return Err(JobError::Cancelled(spec.name.clone()));
                 }
                 restore = match &prepared.store {
@@ -635,8 +736,13 @@ fn run_attempts(
 }
 
 /// Sleeps for `delay`; true if the job was cancelled meanwhile. Savepoint
-/// requests get an answer: the job is not running.
-fn wait_or_cancel(commands: &Receiver<JobCommand>, delay: Duration) -> bool {
+/// requests get an answer (the job is not running); swaps wait in
+/// `deferred` for the next run.
+fn wait_or_cancel(
+    commands: &Receiver<JobCommand>,
+    delay: Duration,
+    deferred: &mut Vec<SwapRequest>,
+) -> bool {
     let until = Instant::now() + delay;
     loop {
         match commands.recv_deadline(until) {
@@ -644,9 +750,88 @@ fn wait_or_cancel(commands: &Receiver<JobCommand>, delay: Duration) -> bool {
             Ok(JobCommand::Savepoint { reply, .. }) => {
                 let _ = reply.send(Err(CheckpointError::NotRunning));
             }
+            Ok(JobCommand::Swap {
+                operator,
+                module,
+                config,
+                reply,
+            }) => deferred.push((operator, module, config, reply)),
             Err(_) => return false,
         }
     }
+}
+
+/// A requested swap's parts: operator, module, config, where the outcome goes.
+type SwapRequest = (
+    String,
+    WasmModule,
+    Option<Vec<u8>>,
+    Sender<Result<SwapOutcome, SwapError>>,
+);
+
+/// Starts a hot swap with a checkpoint that carries it, or refuses it.
+fn start_swap(
+    prepared: &Prepared,
+    coordinator: &mut Coordinator,
+    swap: &mut Option<SwapInFlight>,
+    (operator, module, config, reply): SwapRequest,
+) {
+    let plans = prepared.operator_plans.lock().expect("plans lock").clone();
+    let refusal = match plans.iter().find(|p| p.name == operator) {
+        _ if prepared.spec.checkpoint.is_none() => SwapError::NoCheckpoints,
+        _ if swap.is_some() => SwapError::Busy(operator),
+        None => SwapError::NoOperator(operator),
+        Some(OperatorPlan {
+            kind: OperatorKind::Native(_),
+            ..
+        }) => SwapError::NotWasm(operator),
+        Some(OperatorPlan {
+            kind: OperatorKind::Wasm {
+                config: current, ..
+            },
+            ..
+        }) => {
+            let order = Arc::new(crate::checkpoint::SwapOrder {
+                operator,
+                module,
+                config: config.unwrap_or_else(|| current.clone()),
+            });
+            let (ack_tx, ack) = crossbeam_channel::bounded(1);
+            coordinator.request_swap(order.clone(), ack_tx);
+            *swap = Some(SwapInFlight {
+                order,
+                reply,
+                ack,
+                swapped_at: None,
+            });
+            return;
+        }
+    };
+    let _ = reply.send(Err(refusal));
+}
+
+/// The new version is the operator's from now on: later runs (restarts
+/// after failures) build it, and their manifests record it.
+fn commit_swap(prepared: &Prepared, order: &crate::checkpoint::SwapOrder) {
+    let mut plans = prepared.operator_plans.lock().expect("plans lock");
+    let mut next: Vec<OperatorPlan> = plans.as_ref().clone();
+    for plan in next.iter_mut().filter(|p| p.name == order.operator) {
+        plan.kind = OperatorKind::Wasm {
+            module: order.module.clone(),
+            config: order.config.clone(),
+        };
+    }
+    *plans = Arc::new(next);
+    let mut modules = prepared.modules.lock().expect("modules lock");
+    for m in modules.iter_mut().filter(|m| m.operator == order.operator) {
+        m.module = order.module.name.clone();
+        m.digest = order.module.digest.clone();
+    }
+    let job = prepared.spec.name.as_str();
+    crate::metrics::metrics()
+        .hot_swaps
+        .with_label_values(&[job, order.operator.as_str()])
+        .inc();
 }
 
 /// Messages from tasks and the writer to the runner.
@@ -664,6 +849,7 @@ fn run_once(
     restore: Option<Arc<LoadedCheckpoint>>,
     commands: &Receiver<JobCommand>,
     progress: &Arc<AtomicU64>,
+    (swap, deferred): (&mut Option<SwapInFlight>, Vec<SwapRequest>),
 ) -> Result<JobReport, RunError> {
     let spec = &prepared.spec;
     let env = &prepared.env;
@@ -847,7 +1033,7 @@ fn run_once(
             };
             let name = format!("{}/{}#{}", spec.name, group_name(spec, group), instance);
             let ops = group.operators.clone();
-            let plans = prepared.operator_plans.clone();
+            let plans = prepared.operator_plans.lock().expect("plans lock").clone();
             let wasm = env.wasm.clone();
             let state = prepared.state.clone();
             let side_sinks = side_sinks.clone();
@@ -949,7 +1135,7 @@ fn run_once(
             retain: checkpoint_spec.as_ref().map_or(1, |c| c.retain),
             max_parallelism: spec.max_parallelism,
             source_splits,
-            modules: prepared.modules.clone(),
+            modules: prepared.modules.lock().expect("modules lock").clone(),
             state_backend: match spec.state {
                 StateBackendKind::Memory => "memory",
                 StateBackendKind::Rocksdb => "rocksdb",
@@ -979,6 +1165,10 @@ fn run_once(
         all_sinks.clone(),
     )
     .map_err(|e| setup(e.into()))?;
+
+    for request in deferred {
+        start_swap(prepared, &mut coordinator, swap, request);
+    }
 
     // The runner loop: the coordinator's clock, task events, commands.
     let mut running = tasks;
@@ -1038,6 +1228,9 @@ fn run_once(
                         coordinator.request_savepoint(target, false, reply);
                     }
                 }
+                Ok(JobCommand::Swap { operator, module, config, reply }) => {
+                    start_swap(prepared, &mut coordinator, swap, (operator, module, config, reply));
+                }
                 Ok(JobCommand::Cancel) => {
                     cancelled = true;
                     cancel.store(true, Ordering::Relaxed);
@@ -1048,6 +1241,55 @@ fn run_once(
             default(deadline.saturating_duration_since(Instant::now())) => {}
         }
         coordinator.tick(Instant::now());
+        if let Some(s) = swap.as_mut() {
+            match s.swapped_at {
+                None => match s.ack.try_recv() {
+                    Ok(Ok(_)) => {
+                        let id = coordinator.counts.last_completed.unwrap_or_default();
+                        s.swapped_at = Some(id);
+                        coordinator.set_module(ModuleVersion {
+                            operator: s.order.operator.clone(),
+                            module: s.order.module.name.clone(),
+                            digest: s.order.module.digest.clone(),
+                        });
+                    }
+                    Ok(Err(CheckpointError::NotRunning)) => {
+                        let s = swap.take().expect("checked");
+                        let _ = s.reply.send(Err(SwapError::NotRunning));
+                    }
+                    Ok(Err(e)) => {
+                        // Tasks that passed the barrier run the new version,
+                        // the others the old: only a restart from the last
+                        // complete checkpoint makes the job whole again.
+                        if first_error.is_none() {
+                            cancel.store(true, Ordering::Relaxed);
+                            coordinator.abandon("a hot swap's checkpoint failed");
+                        }
+                        first_error.get_or_insert(JobError::Internal {
+                            job: spec.name.clone(),
+                            message: format!(
+                                "the checkpoint of the hot swap of `{}` did not complete: {e}",
+                                s.order.operator
+                            ),
+                        });
+                    }
+                    Err(_) => {}
+                },
+                Some(at) if coordinator.counts.last_completed > Some(at) => {
+                    let s = swap.take().expect("checked");
+                    commit_swap(prepared, &s.order);
+                    let confirmed_by = coordinator.counts.last_completed.unwrap_or_default();
+                    tracing::info!(job = %spec.name, operator = %s.order.operator,
+                        module = %s.order.module.name, swapped_at = at, confirmed_by,
+                        "hot swap committed");
+                    let _ = s.reply.send(Ok(SwapOutcome::Committed {
+                        swapped_at: at,
+                        confirmed_by,
+                    }));
+                }
+                Some(_) => {}
+            }
+        }
         if need_final && !coordinator.is_pending() {
             // After a savepoint that was in flight, if there was one.
             coordinator.final_checkpoint();

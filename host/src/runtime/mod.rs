@@ -11,6 +11,6 @@ pub mod task;
 pub use batch::{RecordBatch, RecordRef};
 pub use job::{
     EmbeddedSource, JobControl, JobEnv, JobError, JobHandle, JobReport, RestoreFrom, StartOptions,
-    run, run_file, start,
+    SwapError, SwapOutcome, run, run_file, start,
 };
 pub use operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};

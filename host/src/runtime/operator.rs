@@ -196,4 +196,21 @@ pub trait Operator: Send {
     /// Takes back one entry of a snapshot, of a key group this instance owns.
     /// Only called before the first batch.
     fn restore(&mut self, key_group: u32, entry: SnapshotEntry<'_>) -> Result<(), OperatorError>;
+
+    /// Runs a new version of the operator's module from now on, on the same
+    /// state and timers. Only Wasm operators can (the job refuses a swap of
+    /// any other before it starts one).
+    fn swap_module(
+        &mut self,
+        module: &crate::wasm::WasmModule,
+        config: &[u8],
+    ) -> Result<(), OperatorError> {
+        let _ = (module, config);
+        Err(OperatorError {
+            job: String::new(),
+            operator: String::new(),
+            instance: 0,
+            kind: FailureKind::Init("only Wasm operators can swap modules".into()),
+        })
+    }
 }

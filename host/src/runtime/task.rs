@@ -28,6 +28,10 @@
 //!   events of inputs that delivered the barrier until all have (an ended
 //!   input counts as delivered), snapshots, forwards the barrier, then
 //!   replays what it held in arrival order.
+//! - A barrier that carries a module swap replaces the operator's module
+//!   right after the task's snapshot and before anything after the barrier:
+//!   the checkpoint holds the old version's state, the new version takes the
+//!   same state over and sees every later record.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -470,6 +474,15 @@ impl Task {
                 .map_err(|d| TaskError::PeerStopped {
                     task: format!("{d:?}"),
                 })?;
+        }
+        if let Some(swap) = &barrier.swap {
+            for (i, name) in self.link.operator_names.iter().enumerate() {
+                if *name == swap.operator {
+                    self.operators[i].swap_module(&swap.module, &swap.config)?;
+                    tracing::info!(task = %self.name, operator = %name, module = %swap.module.name,
+                        checkpoint = barrier.id, "module swapped at the barrier");
+                }
+            }
         }
         Ok(())
     }

@@ -175,7 +175,7 @@ impl WasmRuntime {
             deadline_ticks,
             deadline_ms,
         };
-        let (mut store, guest, declared) = start_instance(
+        let (store, guest, declared) = start_instance(
             &self.sandbox.engine,
             &module.pre,
             &info,
@@ -183,54 +183,15 @@ impl WasmRuntime {
             config,
             &limits,
         )?;
-        let has_state = !(declared.value_states.is_empty()
-            && declared.map_states.is_empty()
-            && declared.list_states.is_empty());
-        if has_state && !info.keyed {
-            return Err(OperatorError::new(
-                &info,
-                FailureKind::Init(
-                    "the operator declares keyed state, but its input is not partitioned by key; \
-                     set `input: key` on it in the job spec"
-                        .into(),
-                ),
-            ));
-        }
-        let register = |store: &mut Store<HostState>, names: &[String], kind: StateKind| {
-            names
-                .iter()
-                .map(|n| store.data_mut().call.backend.register(n, kind))
-                .collect::<Result<Vec<StateId>, _>>()
-        };
-        let value_ids = register(&mut store, &declared.value_states, StateKind::Value)
-            .map_err(|e| OperatorError::new(&info, e))?;
-        let map_ids = register(&mut store, &declared.map_states, StateKind::Map)
-            .map_err(|e| OperatorError::new(&info, e))?;
-        let list_ids = register(&mut store, &declared.list_states, StateKind::List)
-            .map_err(|e| OperatorError::new(&info, e))?;
-        let call = &mut store.data_mut().call;
-        call.map_ids = map_ids;
-        call.list_ids = list_ids;
-        call.side_outputs = declared.side_outputs.clone();
-        call.direct_side = vec![RecordBatch::new(); declared.side_outputs.len()];
-        Ok(WasmOperator {
-            metrics: WasmMetrics::new(&info),
-            info,
+        WasmOperator::assemble(
             store,
             guest,
-            pre: module.pre.clone(),
-            config: config.to_vec(),
+            declared,
+            info,
+            module.pre.clone(),
+            config.to_vec(),
             limits,
-            value_ids,
-            value_state_names: declared.value_states,
-            has_state,
-            side_outputs: declared.side_outputs,
-            input: Vec::new(),
-            entry_slots: Vec::new(),
-            dedup: HashTable::new(),
-            handle_slots: FxHashMap::default(),
-            slot_handles: Vec::new(),
-        })
+        )
     }
 }
 
@@ -784,6 +745,110 @@ impl WasmOperator {
     }
 }
 
+impl WasmOperator {
+    /// An operator around a started instance: checks and registers the
+    /// states it declared in the backend its store holds (by name, so a
+    /// state that exists keeps its data).
+    fn assemble(
+        mut store: Store<HostState>,
+        guest: OperatorWorld,
+        declared: Declared,
+        info: InstanceInfo,
+        pre: OperatorPre<HostState>,
+        config: Vec<u8>,
+        limits: InstanceLimits,
+    ) -> Result<WasmOperator, OperatorError> {
+        let has_state = !(declared.value_states.is_empty()
+            && declared.map_states.is_empty()
+            && declared.list_states.is_empty());
+        if has_state && !info.keyed {
+            return Err(OperatorError::new(
+                &info,
+                FailureKind::Init(
+                    "the operator declares keyed state, but its input is not partitioned by key; \
+                     set `input: key` on it in the job spec"
+                        .into(),
+                ),
+            ));
+        }
+        let register = |store: &mut Store<HostState>, names: &[String], kind: StateKind| {
+            names
+                .iter()
+                .map(|n| store.data_mut().call.backend.register(n, kind))
+                .collect::<Result<Vec<StateId>, _>>()
+        };
+        let value_ids = register(&mut store, &declared.value_states, StateKind::Value)
+            .map_err(|e| OperatorError::new(&info, e))?;
+        let map_ids = register(&mut store, &declared.map_states, StateKind::Map)
+            .map_err(|e| OperatorError::new(&info, e))?;
+        let list_ids = register(&mut store, &declared.list_states, StateKind::List)
+            .map_err(|e| OperatorError::new(&info, e))?;
+        let call = &mut store.data_mut().call;
+        call.map_ids = map_ids;
+        call.list_ids = list_ids;
+        call.side_outputs = declared.side_outputs.clone();
+        call.direct_side = vec![RecordBatch::new(); declared.side_outputs.len()];
+        Ok(WasmOperator {
+            metrics: WasmMetrics::new(&info),
+            info,
+            store,
+            guest,
+            pre,
+            config,
+            limits,
+            value_ids,
+            value_state_names: declared.value_states,
+            has_state,
+            side_outputs: declared.side_outputs,
+            input: Vec::new(),
+            entry_slots: Vec::new(),
+            dedup: HashTable::new(),
+            handle_slots: FxHashMap::default(),
+            slot_handles: Vec::new(),
+        })
+    }
+
+    /// Hot swap: a fresh instance of `module` takes over this one's state
+    /// backend (its states found again by name), timers and failure
+    /// isolation. States the new version no longer declares stay in the
+    /// backend untouched; new ones start empty. Side outputs must not
+    /// change, since the task has wired them to sinks.
+    pub fn replace_module(
+        &mut self,
+        module: &WasmModule,
+        config: &[u8],
+    ) -> Result<(), OperatorError> {
+        let engine = self.store.engine().clone();
+        let placeholder = Box::new(MemoryBackend::new(0..0));
+        let (mut store, guest, declared) = start_instance(
+            &engine,
+            &module.pre,
+            &self.info,
+            placeholder,
+            config,
+            &self.limits,
+        )?;
+        if declared.side_outputs != self.side_outputs {
+            return Err(self.fail(FailureKind::Init(format!(
+                "the new version declares side outputs {:?}, the running one {:?}; \
+                 a swap cannot rewire them",
+                declared.side_outputs, self.side_outputs
+            ))));
+        }
+        std::mem::swap(&mut store.data_mut().call, &mut self.store.data_mut().call);
+        *self = WasmOperator::assemble(
+            store,
+            guest,
+            declared,
+            self.info.clone(),
+            module.pre.clone(),
+            config.to_vec(),
+            self.limits,
+        )?;
+        Ok(())
+    }
+}
+
 /// Failure isolation, for `on_error: skip | dead-letter`.
 ///
 /// A batch whose call fails by the guest's fault (an error it returns, a
@@ -938,6 +1003,10 @@ impl Operator for WasmOperator {
                 .map_err(|e| self.fail(e))?;
         }
         Ok(())
+    }
+
+    fn swap_module(&mut self, module: &WasmModule, config: &[u8]) -> Result<(), OperatorError> {
+        self.replace_module(module, config)
     }
 
     fn restore(&mut self, key_group: u32, entry: SnapshotEntry<'_>) -> Result<(), OperatorError> {

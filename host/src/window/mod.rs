@@ -408,6 +408,21 @@ impl Operator for WindowOperator {
         Ok(())
     }
 
+    fn swap_module(
+        &mut self,
+        module: &crate::wasm::WasmModule,
+        config: &[u8],
+    ) -> Result<(), OperatorError> {
+        self.inner.replace_module(module, config)?;
+        if self.inner.value_state_names() != [weir_abi::WINDOW_ACC_STATE] {
+            return Err(OperatorError::new(
+                &self.info,
+                FailureKind::Init("the new version is not a window aggregate".into()),
+            ));
+        }
+        Ok(())
+    }
+
     fn restore(&mut self, key_group: u32, entry: SnapshotEntry<'_>) -> Result<(), OperatorError> {
         match entry {
             SnapshotEntry::Timer { domain, time, key } => {

@@ -350,11 +350,12 @@ fn an_operator_is_swapped_in_place_and_a_failing_version_is_rolled_back() {
     );
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["upgraded"], false, "{v}");
+    assert_eq!(v["mode"], "in-place", "{v}");
     assert!(
         v["rolled_back"]
             .as_str()
             .unwrap_or("")
-            .contains("restarted"),
+            .contains("cannot handle count"),
         "{v}"
     );
     assert_eq!(v["module"], "kc@1", "{v}");
@@ -371,6 +372,25 @@ fn an_operator_is_swapped_in_place_and_a_failing_version_is_rolled_back() {
     assert_eq!(v["module"], "kc@2", "{v}");
     let job = http.wait_job("swap", |j| j["state"] != "running");
     assert_eq!(job["state"], "finished", "{job}");
+    // The rollback was a restart from the swap's checkpoint; the swap
+    // itself was not. Both are in the job's history.
+    assert_eq!(job["restarts"], 1, "{job}");
+    let history = job["history"].as_array().expect("history").clone();
+    assert_eq!(history.len(), 2, "{job}");
+    assert!(
+        history[0]["event"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back"),
+        "{job}"
+    );
+    assert!(
+        history[1]["event"]
+            .as_str()
+            .unwrap()
+            .contains("swapped from kc@1 to kc@2"),
+        "{job}"
+    );
 
     // Each key's counts continue across both swaps and the rollback, and
     // nothing is lost or repeated.

@@ -120,7 +120,7 @@ fn a_failure_beyond_the_restart_attempts_fails_the_job_with_its_cause() {
 }
 
 /// A keyed-count job over paced generated events into a directory sink.
-fn keyed_count_yaml(
+pub fn keyed_count_yaml(
     name: &str,
     parallelism: u32,
     (events, keys, rate): (u64, u64, u64),

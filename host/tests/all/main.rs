@@ -6,6 +6,7 @@ mod api;
 mod checkpoints;
 mod deploy;
 mod examples;
+mod hotswap;
 mod kafka;
 mod keyed;
 mod metrics;
