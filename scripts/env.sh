@@ -37,6 +37,14 @@ install_build_deps() {
 }
 install_build_deps
 
+# cargo fuzz (libFuzzer), for scripts/fuzz.sh.
+install_fuzz_tools() {
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "[weir] installing cargo-fuzz" >&2
+    cargo install --quiet --locked cargo-fuzz@0.13.2
+  fi
+}
+
 # Servers the tests start: moto, a local S3-compatible server for checkpoints
 # in object storage, in a virtualenv of its own under ~/.cache/weir.
 install_test_tools() {

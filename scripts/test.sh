@@ -13,3 +13,4 @@ cargo fmt --all -- --check
 # artifacts, so RocksDB's C++ and wasmtime compile once, not twice.
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 cargo test --release --workspace 2>&1 | tee "$CARGO_TARGET_DIR/last-test.log"
+bash scripts/fuzz.sh 20

@@ -305,14 +305,26 @@ pub struct LoadedCheckpoint {
 impl LoadedCheckpoint {
     /// Reads and verifies a checkpoint or savepoint folder.
     pub fn load(dir: &Path) -> Result<Self, CheckpointError> {
+        let json = std::fs::read(dir.join(MANIFEST)).map_err(|e| CheckpointError::Corrupt {
+            path: dir.to_owned(),
+            problem: format!("cannot read {MANIFEST}: {e}"),
+        })?;
+        Self::verify(dir, &json, &mut |name| std::fs::read(dir.join(name)))
+    }
+
+    /// Checks a manifest and the files it lists (read through `read_file`,
+    /// by name) against each other: everything [`LoadedCheckpoint::load`]
+    /// does but the reading, so untrusted bytes can be checked in memory.
+    pub fn verify(
+        dir: &Path,
+        json: &[u8],
+        read_file: &mut dyn FnMut(&str) -> std::io::Result<Vec<u8>>,
+    ) -> Result<Self, CheckpointError> {
         let corrupt = |problem: String| CheckpointError::Corrupt {
             path: dir.to_owned(),
             problem,
         };
-        let manifest_path = dir.join(MANIFEST);
-        let json = std::fs::read(&manifest_path)
-            .map_err(|e| corrupt(format!("cannot read {MANIFEST}: {e}")))?;
-        let manifest: Manifest = serde_json::from_slice(&json)
+        let manifest: Manifest = serde_json::from_slice(json)
             .map_err(|e| corrupt(format!("{MANIFEST} does not parse: {e}")))?;
         if manifest.format != FORMAT_VERSION {
             return Err(CheckpointError::Incompatible {
@@ -331,7 +343,7 @@ impl LoadedCheckpoint {
                     entry.name
                 )));
             }
-            let bytes = std::fs::read(dir.join(&entry.name))
+            let bytes = read_file(&entry.name)
                 .map_err(|e| corrupt(format!("cannot read file `{}`: {e}", entry.name)))?;
             if bytes.len() as u64 != entry.size {
                 return Err(corrupt(format!(
