@@ -200,8 +200,12 @@ async fn job_checkpoints(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let s = state.clone();
-    let ids = blocking(move || Ok(s.jobs.checkpoints(&name)?)).await?;
-    Ok(Json(serde_json::json!({ "complete": ids })))
+    let job = name.clone();
+    let ids = blocking(move || Ok(s.jobs.checkpoints(&job)?)).await?;
+    let history = crate::checkpoint::history::history().of(&name);
+    Ok(Json(
+        serde_json::json!({ "complete": ids, "history": history }),
+    ))
 }
 
 async fn savepoint(
