@@ -14,6 +14,7 @@
 //!   the blocking pool, never on the request threads.
 
 pub mod jobs;
+pub mod logs;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -208,6 +209,16 @@ async fn job_checkpoints(
     ))
 }
 
+async fn job_logs(
+    State(state): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.jobs.get(&name)?;
+    Ok(Json(
+        serde_json::json!({ "lines": logs::job_logs().of(&name) }),
+    ))
+}
+
 async fn savepoint(
     state: Shared,
     headers: HeaderMap,
@@ -339,6 +350,7 @@ impl Server {
             )
             .route("/v1/jobs/{name}", get(get_job))
             .route("/v1/jobs/{name}/checkpoints", get(job_checkpoints))
+            .route("/v1/jobs/{name}/logs", get(job_logs))
             .route("/v1/jobs/{name}/savepoint", post(take_savepoint))
             .route("/v1/jobs/{name}/stop", post(stop_job))
             .route("/v1/jobs/{name}/cancel", post(cancel_job))
