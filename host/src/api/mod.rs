@@ -16,6 +16,7 @@
 pub mod jobs;
 pub mod logs;
 pub mod registry;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -219,6 +220,38 @@ async fn job_logs(
     ))
 }
 
+async fn job_graph(
+    State(state): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<view::JobGraph>, ApiError> {
+    let (spec, modules) = state.jobs.spec(&name)?;
+    Ok(Json(view::graph(&spec, &modules)))
+}
+
+async fn job_figures(
+    State(state): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<view::JobFigures>, ApiError> {
+    let (spec, _) = state.jobs.spec(&name)?;
+    let info = state.jobs.get(&name)?;
+    let values = crate::metrics::metrics().job_values(&name);
+    Ok(Json(view::figures(
+        &spec,
+        &values,
+        info.records_in,
+        crate::time::now_millis(),
+    )))
+}
+
+async fn job_savepoints(
+    State(state): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = state.clone();
+    let savepoints = blocking(move || Ok(s.jobs.savepoints(&name)?)).await?;
+    Ok(Json(serde_json::json!({ "savepoints": savepoints })))
+}
+
 async fn savepoint(
     state: Shared,
     headers: HeaderMap,
@@ -351,6 +384,9 @@ impl Server {
             .route("/v1/jobs/{name}", get(get_job))
             .route("/v1/jobs/{name}/checkpoints", get(job_checkpoints))
             .route("/v1/jobs/{name}/logs", get(job_logs))
+            .route("/v1/jobs/{name}/graph", get(job_graph))
+            .route("/v1/jobs/{name}/figures", get(job_figures))
+            .route("/v1/jobs/{name}/savepoints", get(job_savepoints))
             .route("/v1/jobs/{name}/savepoint", post(take_savepoint))
             .route("/v1/jobs/{name}/stop", post(stop_job))
             .route("/v1/jobs/{name}/cancel", post(cancel_job))
