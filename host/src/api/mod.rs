@@ -12,7 +12,10 @@
 //!   a job of that name runs, a module in use), 500 (the server's fault).
 //! - Blocking work (compiling a module, waiting for a savepoint) runs on
 //!   the blocking pool, never on the request threads.
+//! - `/` serves the web dashboard ([`dashboard`]), a client of this API
+//!   like any other.
 
+pub mod dashboard;
 pub mod jobs;
 pub mod logs;
 pub mod registry;
@@ -394,6 +397,7 @@ impl Server {
                 "/v1/jobs/{name}/operators/{operator}/upgrade",
                 post(upgrade_operator),
             )
+            .merge(dashboard::routes())
             .with_state(state.clone());
         Ok(Server {
             token,
