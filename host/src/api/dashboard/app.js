@@ -496,6 +496,8 @@ function graphSvg(graph, live, now) {
   const PAD = 14;
   const TOP = 34;
   const SIDE_DY = 64;
+  // Side-output sinks have no figures of their own: a shorter box.
+  const height = (n) => (live.has(n.id) ? H : 50);
   const main = graph.nodes.filter((n) => !n.id.startsWith('side:'));
   const pos = new Map();
   main.forEach((n, i) => pos.set(n.id, { x: PAD + i * (W + GAP), y: TOP }));
@@ -509,7 +511,8 @@ function graphSvg(graph, live, now) {
   }
   const xs = [...pos.values()].map((p) => p.x + W);
   const width = Math.max(...xs) + PAD;
-  const height = (sideEdges.length ? TOP + 2 * H + SIDE_DY : TOP + H) + PAD;
+  const bottom = Math.max(...graph.nodes.map((n) => pos.get(n.id).y + height(n)));
+  const svgHeight = bottom + PAD + 8;
 
   const parts = [];
   parts.push(`<defs>
@@ -527,7 +530,7 @@ function graphSvg(graph, live, now) {
     const x0 = Math.min(...ps.map((p) => p.x)) - 8;
     const y0 = Math.min(...ps.map((p) => p.y)) - 22;
     const x1 = Math.max(...ps.map((p) => p.x + W)) + 8;
-    const y1 = Math.max(...ps.map((p) => p.y + H)) + 8;
+    const y1 = Math.max(...nodes.map((n) => pos.get(n.id).y + height(n))) + 8;
     const parallelism = Math.max(...nodes.map((n) => n.parallelism));
     parts.push(`<rect class="group" x="${x0}" y="${y0}" width="${x1 - x0}" height="${y1 - y0}" rx="10"/>
       <text class="group-label" x="${x0 + 8}" y="${y0 + 14}">task group ${group} · ${parallelism} instance${parallelism === 1 ? '' : 's'}</text>`);
@@ -564,7 +567,7 @@ function graphSvg(graph, live, now) {
           : `in ${fmtRate(l.in)} · out ${fmtRate(l.out)}`;
     const hot = l && l.bp != null && l.bp >= 0.5 ? ' hot' : '';
     parts.push(`<g class="node ${esc(n.kind)}" data-node="${esc(n.id)}">
-      <rect x="${p.x}" y="${p.y}" width="${W}" height="${H}" rx="8"/>
+      <rect x="${p.x}" y="${p.y}" width="${W}" height="${height(n)}" rx="8"/>
       <text class="title" x="${p.x + 10}" y="${p.y + 20}">${esc(clip(n.name, 20))}</text>
       <text class="par" x="${p.x + W - 10}" y="${p.y + 20}" text-anchor="end">×${n.parallelism}</text>
       <text class="sub" x="${p.x + 10}" y="${p.y + 38}">${esc(clip(sub, 28))}</text>
@@ -573,7 +576,7 @@ function graphSvg(graph, live, now) {
       <text class="fig${hot}" x="${p.x + 10}" y="${p.y + 98}">backpressure ${fmtPercent(l.bp)}</text>` : ''}
     </g>`);
   }
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">${parts.join('')}</svg>`;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${svgHeight}" viewBox="0 0 ${width} ${svgHeight}">${parts.join('')}</svg>`;
 }
 
 function clip(text, max) {
