@@ -306,10 +306,11 @@ fn the_job_page_shows_live_figures_and_upgrades_an_operator_in_a_browser() {
     let browser = Browser::start();
     browser.open(&format!("{base}/"));
     browser.wait_for(
-        "the job in the jobs list",
-        "const a = document.querySelector('#jobs a[href=\"#/jobs/clicks-per-user\"]');\
-         return a && a.textContent;",
-        |v| v == "clicks-per-user",
+        "the job in the jobs list, running at a non-zero rate",
+        "const tr = document.querySelector('#jobs tr[data-job=\"clicks-per-user\"]');\
+         const a = tr && tr.querySelector('a[href=\"#/jobs/clicks-per-user\"]');\
+         return tr && [a && a.textContent, tr.children[1].textContent, tr.children[5].textContent];",
+        |v| v[0] == "clicks-per-user" && v[1] == "running" && rate(&v[2]).is_some_and(|r| r > 0.0),
     );
     browser.click("#jobs a[href=\"#/jobs/clicks-per-user\"]");
     let hash = browser.script("return location.hash;");
