@@ -64,4 +64,9 @@ install_test_tools() {
     echo "[weir] installing prometheus (promtool and a server for the metrics tests)" >&2
     apt_install prometheus
   fi
+  # Headless Chromium and its WebDriver, for the dashboard test.
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    echo "[weir] installing chromium and chromium-driver (for the dashboard test)" >&2
+    apt_install chromium chromium-driver
+  fi
 }

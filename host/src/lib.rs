@@ -16,7 +16,8 @@
 //!   their verification, restoring (also at another parallelism).
 //! - [`connectors`]: generator and file sources; stdout, file, discard sinks.
 //! - [`operators`]: native twins of the example operators, for benchmarks.
-//! - [`api`]: the REST API (`weir serve`): module registry, jobs, savepoints.
+//! - [`api`]: the REST API (`weir serve`): module registry, jobs, savepoints,
+//!   and the web dashboard on top of it.
 //! - [`metrics`]: Prometheus metrics of the process (`GET /metrics`).
 //! - [`bench`]: `weir bench`.
 //! - [`cli`]: the `weir` command line.

@@ -11,6 +11,7 @@
 //! ([`OperatorMetrics`], [`TaskMetrics`]) and adds to them once per batch,
 //! which costs a few relaxed atomic adds per batch, not per record.
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -258,6 +259,72 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# metrics could not be encoded: {e}\n"))
+    }
+}
+
+/// One job's current per-operator and per-task values.
+#[derive(Debug, Default)]
+pub struct JobValues {
+    /// By (operator, instance): records in and out.
+    pub records: BTreeMap<(String, u32), (u64, u64)>,
+    /// The following by `task` label (`<task group>#<instance>`).
+    pub watermark_seconds: BTreeMap<String, f64>,
+    pub backpressure_seconds: BTreeMap<String, f64>,
+    pub idle_inputs: BTreeMap<String, i64>,
+}
+
+impl Metrics {
+    /// Reads one job's series without creating any (looking a series up by
+    /// its labels would add it, at zero, to the exposition).
+    pub fn job_values(&self, job: &str) -> JobValues {
+        use prometheus::core::Collector;
+        use prometheus::proto::{LabelPair, Metric};
+        fn label<'a>(labels: &'a [LabelPair], name: &str) -> Option<&'a str> {
+            labels.iter().find(|l| l.name() == name).map(|l| l.value())
+        }
+        fn each(collector: &dyn Collector, job: &str, mut f: impl FnMut(&[LabelPair], &Metric)) {
+            for family in collector.collect() {
+                for m in family.get_metric() {
+                    if label(m.get_label(), "job") == Some(job) {
+                        f(m.get_label(), m);
+                    }
+                }
+            }
+        }
+        let mut v = JobValues::default();
+        let operator_task = |labels: &[LabelPair]| {
+            let operator = label(labels, "operator")?.to_owned();
+            let task = label(labels, "task")?.parse().ok()?;
+            Some((operator, task))
+        };
+        each(&self.records_in, job, |labels, m| {
+            if let Some(key) = operator_task(labels) {
+                v.records.entry(key).or_default().0 = m.get_counter().get_value() as u64;
+            }
+        });
+        each(&self.records_out, job, |labels, m| {
+            if let Some(key) = operator_task(labels) {
+                v.records.entry(key).or_default().1 = m.get_counter().get_value() as u64;
+            }
+        });
+        let by_task = |labels: &[LabelPair]| label(labels, "task").map(str::to_owned);
+        each(&self.watermark_seconds, job, |labels, m| {
+            if let Some(task) = by_task(labels) {
+                v.watermark_seconds.insert(task, m.get_gauge().get_value());
+            }
+        });
+        each(&self.backpressure_seconds, job, |labels, m| {
+            if let Some(task) = by_task(labels) {
+                v.backpressure_seconds
+                    .insert(task, m.get_counter().get_value());
+            }
+        });
+        each(&self.idle_inputs, job, |labels, m| {
+            if let Some(task) = by_task(labels) {
+                v.idle_inputs.insert(task, m.get_gauge().get_value() as i64);
+            }
+        });
+        v
     }
 }
 

@@ -149,6 +149,16 @@ pub struct UpgradeOutcome {
     pub rolled_back: Option<String>,
 }
 
+/// A savepoint of a job in the data folder.
+#[derive(Clone, Debug, Serialize)]
+pub struct SavepointInfo {
+    pub path: PathBuf,
+    pub id: u64,
+    pub created_ms: i64,
+    /// Bytes of its files.
+    pub size_bytes: u64,
+}
+
 impl JobManager {
     pub fn new(data_dir: &Path, env: JobEnv, registry: Arc<ModuleRegistry>) -> Self {
         JobManager {
@@ -359,6 +369,55 @@ impl JobManager {
 
     fn savepoint_dir(&self, name: &str) -> PathBuf {
         self.data_dir.join("savepoints").join(name)
+    }
+
+    /// The job's savepoints taken through the server, newest first; a
+    /// folder without a readable manifest (one being written) is left out.
+    pub fn savepoints(&self, name: &str) -> Result<Vec<SavepointInfo>, JobsError> {
+        self.get(name)?;
+        let dir = self.savepoint_dir(name);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(JobsError::Io { path: dir, source }),
+        };
+        let mut savepoints: Vec<SavepointInfo> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let bytes = std::fs::read(path.join(crate::checkpoint::manifest::MANIFEST)).ok()?;
+                let manifest: crate::checkpoint::Manifest = serde_json::from_slice(&bytes).ok()?;
+                Some(SavepointInfo {
+                    id: manifest.checkpoint,
+                    created_ms: manifest.created_ms,
+                    size_bytes: manifest.files.iter().map(|f| f.size).sum(),
+                    path,
+                })
+            })
+            .collect();
+        savepoints.sort_by_key(|s| std::cmp::Reverse((s.created_ms, s.id)));
+        Ok(savepoints)
+    }
+
+    /// The job's spec as it runs (with the parallelism it was submitted
+    /// with) and its operators' module versions.
+    pub fn spec(&self, name: &str) -> Result<(JobSpec, BTreeMap<String, String>), JobsError> {
+        let (text, parallelism, modules) = {
+            let jobs = self.jobs.lock().expect("jobs lock");
+            let entry = jobs
+                .get(name)
+                .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
+            (
+                entry.record.spec.clone(),
+                entry.record.parallelism,
+                entry.record.info.modules.clone(),
+            )
+        };
+        let mut spec = JobSpec::parse(&text)?;
+        if let Some(p) = parallelism {
+            spec.parallelism = p;
+        }
+        Ok((spec, modules))
     }
 
     /// Blocks until the savepoint is complete.

@@ -12,9 +12,14 @@
 //!   a job of that name runs, a module in use), 500 (the server's fault).
 //! - Blocking work (compiling a module, waiting for a savepoint) runs on
 //!   the blocking pool, never on the request threads.
+//! - `/` serves the web dashboard ([`dashboard`]), a client of this API
+//!   like any other.
 
+pub mod dashboard;
 pub mod jobs;
+pub mod logs;
 pub mod registry;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -205,8 +210,54 @@ async fn job_checkpoints(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let s = state.clone();
-    let ids = blocking(move || Ok(s.jobs.checkpoints(&name)?)).await?;
-    Ok(Json(serde_json::json!({ "complete": ids })))
+    let job = name.clone();
+    let ids = blocking(move || Ok(s.jobs.checkpoints(&job)?)).await?;
+    let history = crate::checkpoint::history::history().of(&name);
+    Ok(Json(
+        serde_json::json!({ "complete": ids, "history": history }),
+    ))
+}
+
+async fn job_logs(
+    State(state): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.jobs.get(&name)?;
+    Ok(Json(
+        serde_json::json!({ "lines": logs::job_logs().of(&name) }),
+    ))
+}
+
+async fn job_graph(
+    State(state): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<view::JobGraph>, ApiError> {
+    let (spec, modules) = state.jobs.spec(&name)?;
+    Ok(Json(view::graph(&spec, &modules)))
+}
+
+async fn job_figures(
+    State(state): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<view::JobFigures>, ApiError> {
+    let (spec, _) = state.jobs.spec(&name)?;
+    let info = state.jobs.get(&name)?;
+    let values = crate::metrics::metrics().job_values(&name);
+    Ok(Json(view::figures(
+        &spec,
+        &values,
+        info.records_in,
+        crate::time::now_millis(),
+    )))
+}
+
+async fn job_savepoints(
+    State(state): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = state.clone();
+    let savepoints = blocking(move || Ok(s.jobs.savepoints(&name)?)).await?;
+    Ok(Json(serde_json::json!({ "savepoints": savepoints })))
 }
 
 async fn savepoint(
@@ -340,6 +391,10 @@ impl Server {
             )
             .route("/v1/jobs/{name}", get(get_job))
             .route("/v1/jobs/{name}/checkpoints", get(job_checkpoints))
+            .route("/v1/jobs/{name}/logs", get(job_logs))
+            .route("/v1/jobs/{name}/graph", get(job_graph))
+            .route("/v1/jobs/{name}/figures", get(job_figures))
+            .route("/v1/jobs/{name}/savepoints", get(job_savepoints))
             .route("/v1/jobs/{name}/savepoint", post(take_savepoint))
             .route("/v1/jobs/{name}/stop", post(stop_job))
             .route("/v1/jobs/{name}/cancel", post(cancel_job))
@@ -347,6 +402,7 @@ impl Server {
                 "/v1/jobs/{name}/operators/{operator}/upgrade",
                 post(upgrade_operator),
             )
+            .merge(dashboard::routes())
             .with_state(state.clone());
         Ok(Server {
             token,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::history::{SnapshotKind, history};
 use super::manifest::{FileEntry, Manifest, ManifestKind, ModuleVersion, TaskSnapshot};
 use super::storage::CheckpointStore;
 use super::{Barrier, BarrierKind, CheckpointError, CheckpointId, SwapOrder};
@@ -328,12 +329,15 @@ impl Coordinator {
         let id = self.next_id;
         self.next_id += 1;
         self.last_trigger = Instant::now();
+        let job = self.config.job.as_str();
+        history().started(job, id, snapshot_kind(kind), now_millis());
         if let Err(e) = std::fs::create_dir_all(&dir) {
             let error = CheckpointError::Io {
                 path: dir.clone(),
                 source: e,
             };
             tracing::warn!(job = %self.config.job, checkpoint = id, error = %error, "cannot start a checkpoint");
+            history().aborted(job, id, Duration::ZERO, &error.to_string());
             self.counts.aborted += 1;
             if let Some(reply) = reply {
                 let _ = reply.send(Err(error));
@@ -458,6 +462,7 @@ impl Coordinator {
     fn abort(&mut self, reason: String) {
         let Some(p) = self.pending.take() else { return };
         tracing::warn!(job = %self.config.job, checkpoint = p.id, %reason, "checkpoint aborted");
+        history().aborted(&self.config.job, p.id, p.started.elapsed(), &reason);
         self.count_failure();
         let _ = std::fs::remove_dir_all(&*p.dir);
         if let Some(reply) = p.reply {
@@ -481,6 +486,7 @@ impl Coordinator {
             .with_label_values(&[job])
             .observe(took.as_secs_f64());
         let size: u64 = manifest.files.iter().map(|f| f.size).sum();
+        history().completed(job, manifest.checkpoint, took, size);
         m.checkpoint_bytes
             .with_label_values(&[job])
             .set(size as i64);
@@ -537,6 +543,7 @@ impl Coordinator {
             self.pending = None;
             self.count_failure();
             tracing::warn!(job = %self.config.job, checkpoint = p.id, error = %e, "checkpoint aborted");
+            history().aborted(&self.config.job, p.id, p.started.elapsed(), &e.to_string());
             let _ = std::fs::remove_dir_all(&*p.dir);
             if let Some(reply) = p.reply {
                 let _ = reply.send(Err(e));
@@ -574,6 +581,14 @@ impl Coordinator {
         if let Some(reply) = p.reply {
             let _ = reply.send(Ok((*p.dir).clone()));
         }
+    }
+}
+
+fn snapshot_kind(kind: BarrierKind) -> SnapshotKind {
+    match kind {
+        BarrierKind::Checkpoint => SnapshotKind::Checkpoint,
+        BarrierKind::Savepoint { stop: false } => SnapshotKind::Savepoint,
+        BarrierKind::Savepoint { stop: true } => SnapshotKind::StopSavepoint,
     }
 }
 

@@ -29,6 +29,7 @@
 //! checksums is ever restored.
 
 pub mod coordinator;
+pub mod history;
 pub mod manifest;
 pub mod remote;
 pub mod storage;

@@ -123,17 +123,26 @@ pub enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr as `WEIR_LOG` says; a server also keeps each job's recent
+/// guest lines and errors for its API ([`crate::api::logs`]), filtered on
+/// their own so that `WEIR_LOG` does not decide what a job's page shows.
+fn init_logging(format: LogFormat, keep_job_logs: bool) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let output = match format {
+        LogFormat::Text => output.with_filter(filter).boxed(),
+        LogFormat::Json => output.json().with_filter(filter).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(output)
+        .with(keep_job_logs.then(crate::api::logs::layer))
+        .try_init();
 }
 
 fn job_env(modules: &ModuleArgs) -> anyhow::Result<JobEnv> {
@@ -149,7 +158,7 @@ fn job_env(modules: &ModuleArgs) -> anyhow::Result<JobEnv> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, matches!(cli.command, Command::Serve { .. }));
     match cli.command {
         Command::Serve {
             listen,

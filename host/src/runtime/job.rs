@@ -1367,7 +1367,10 @@ fn run_once(
     })
 }
 
-fn group_name(spec: &JobSpec, group: &TaskGroup) -> String {
+/// A task group's name in task names and in the metrics' `task` label
+/// (`<name>#<instance>`): the source type for the first group, then the
+/// names of its operators, joined by `+`.
+pub fn group_name(spec: &JobSpec, group: &TaskGroup) -> String {
     let mut parts: Vec<&str> = Vec::new();
     if group.input.is_none() {
         parts.push(match spec.source {

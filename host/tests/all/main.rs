@@ -4,6 +4,7 @@
 
 mod api;
 mod checkpoints;
+mod dashboard;
 mod deploy;
 mod examples;
 mod hotswap;
