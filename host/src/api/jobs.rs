@@ -333,6 +333,7 @@ impl JobManager {
         let mut info = entry.record.info.clone();
         if let Some(control) = &entry.control {
             info.records_in = control.records_processed();
+            info.restarts = control.restarts();
         }
         info
     }

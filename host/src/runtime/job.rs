@@ -674,8 +674,9 @@ fn run_attempts(
     let mut restore = initial.clone();
     let mut restarts = 0;
     let mut swap: Option<SwapInFlight> = None;
-    // Swaps asked for while the job waited to restart: the next run starts them.
-    let mut deferred: Vec<SwapRequest> = Vec::new();
+    // Savepoints and swaps asked for while the job waited to restart: the
+    // next run starts them.
+    let mut deferred: Vec<JobCommand> = Vec::new();
     loop {
         if let Some(c) = &restore {
             tracing::info!(job = %spec.name, from = %c.dir.display(), finished = c.manifest.finished,
@@ -735,27 +736,20 @@ fn run_attempts(
     }
 }
 
-/// Sleeps for `delay`; true if the job was cancelled meanwhile. Savepoint
-/// requests get an answer (the job is not running); swaps wait in
-/// `deferred` for the next run.
+/// Sleeps for `delay`; true if the job was cancelled meanwhile. Savepoints
+/// and swaps asked for meanwhile wait in `deferred` for the next run.
 fn wait_or_cancel(
     commands: &Receiver<JobCommand>,
     delay: Duration,
-    deferred: &mut Vec<SwapRequest>,
+    deferred: &mut Vec<JobCommand>,
 ) -> bool {
     let until = Instant::now() + delay;
     loop {
         match commands.recv_deadline(until) {
             Ok(JobCommand::Cancel) => return true,
-            Ok(JobCommand::Savepoint { reply, .. }) => {
-                let _ = reply.send(Err(CheckpointError::NotRunning));
+            Ok(command @ (JobCommand::Savepoint { .. } | JobCommand::Swap { .. })) => {
+                deferred.push(command)
             }
-            Ok(JobCommand::Swap {
-                operator,
-                module,
-                config,
-                reply,
-            }) => deferred.push((operator, module, config, reply)),
             Err(_) => return false,
         }
     }
@@ -849,7 +843,7 @@ fn run_once(
     restore: Option<Arc<LoadedCheckpoint>>,
     commands: &Receiver<JobCommand>,
     progress: &Arc<AtomicU64>,
-    (swap, deferred): (&mut Option<SwapInFlight>, Vec<SwapRequest>),
+    (swap, deferred): (&mut Option<SwapInFlight>, Vec<JobCommand>),
 ) -> Result<JobReport, RunError> {
     let spec = &prepared.spec;
     let env = &prepared.env;
@@ -1166,10 +1160,6 @@ fn run_once(
     )
     .map_err(|e| setup(e.into()))?;
 
-    for request in deferred {
-        start_swap(prepared, &mut coordinator, swap, request);
-    }
-
     // The runner loop: the coordinator's clock, task events, commands.
     let mut running = tasks;
     let mut stats: Vec<Option<TaskStats>> = vec![None; tasks];
@@ -1180,6 +1170,34 @@ fn run_once(
     let mut stop_reply: Option<(Sender<Result<PathBuf, CheckpointError>>, Receiver<_>)> = None;
     // Every task finished: the final checkpoint commits the last output.
     let mut need_final = false;
+    for command in deferred {
+        match command {
+            JobCommand::Savepoint {
+                target,
+                stop: true,
+                reply,
+            } => {
+                let (inner, answer) = crossbeam_channel::bounded(1);
+                coordinator.request_savepoint(target, true, inner);
+                stop_reply = Some((reply, answer));
+            }
+            JobCommand::Savepoint { target, reply, .. } => {
+                coordinator.request_savepoint(target, false, reply)
+            }
+            JobCommand::Swap {
+                operator,
+                module,
+                config,
+                reply,
+            } => start_swap(
+                prepared,
+                &mut coordinator,
+                swap,
+                (operator, module, config, reply),
+            ),
+            JobCommand::Cancel => {}
+        }
+    }
     while running > 0 || coordinator.is_pending() || need_final {
         let deadline = coordinator
             .deadline()

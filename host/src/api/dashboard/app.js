@@ -280,8 +280,9 @@ function jobPage(name) {
         <p class="empty" id="no-logs" hidden>No guest output or errors yet.</p></section>
     </div>
     <div class="grid2 wide-left">
-      <section class="card"><h2>Modules <span class="note">an upgrade resumes from a savepoint
-        on the new version, and rolls back if it fails within the probation</span></h2>
+      <section class="card"><h2>Modules <span class="note">an upgrade swaps the module inside
+        the running tasks at a checkpoint barrier, and rolls back to that checkpoint if the new
+        version fails before the next one completes</span></h2>
         <table id="modules"><thead><tr>
           <th>Operator</th><th>Running</th><th title="version · uploaded at">Upgrade to</th><th>Probation</th><th></th>
         </tr></thead><tbody></tbody></table>
@@ -376,7 +377,7 @@ function jobPage(name) {
     try {
       const r = await post(`${base}/operators/${encodeURIComponent(op)}/upgrade`
         + `?module=${encodeURIComponent(module)}&probation=${encodeURIComponent(probation)}`);
-      if (r.upgraded) show('ok', `upgraded: now runs ${r.module}`);
+      if (r.upgraded) show('ok', `upgraded (${r.mode}): now runs ${r.module}`);
       else show('bad', `rolled back to ${r.module}: ${r.rolled_back}`);
     } catch (e) {
       show('bad', `refused: ${e.message}`);
@@ -396,6 +397,8 @@ function jobPage(name) {
       ['Records in (this run)', fmtNum(job.records_in)],
       ['Rate in', job.state === 'running' ? fmtRate(sourceRate) : '—'],
       ['Restarts', job.restarts],
+      ...(job.history && job.history.length
+        ? [['Last change', job.history[job.history.length - 1].event]] : []),
       ['Submitted', fmtDateTime(job.submitted_ms)],
     ];
     if (job.restored_from) facts.push(['Resumed from', job.restored_from]);
