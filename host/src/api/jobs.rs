@@ -437,6 +437,36 @@ impl JobManager {
         Ok(())
     }
 
+    /// Changes a running job's parallelism: stop with a savepoint, resume
+    /// from it at `parallelism`. The job's spec is kept; only the
+    /// parallelism it was submitted with changes.
+    pub fn rescale(&self, name: &str, parallelism: u32) -> Result<JobInfo, JobsError> {
+        let text = {
+            let jobs = self.jobs.lock().expect("jobs lock");
+            let entry = jobs
+                .get(name)
+                .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
+            if entry.record.info.state != JobState::Running {
+                return Err(JobsError::NotRunning(name.to_owned()));
+            }
+            entry.record.spec.clone()
+        };
+        // A parallelism the spec cannot take is refused before anything stops.
+        let mut spec = JobSpec::parse(&text)?;
+        spec.parallelism = parallelism;
+        spec.validate()?;
+        let savepoint = self.savepoint(name, true)?;
+        self.wait_not_running(name, std::time::Duration::from_secs(60))?;
+        self.submit(
+            &text,
+            &Submit {
+                from_savepoint: Some(savepoint),
+                parallelism: Some(parallelism),
+                fresh: false,
+            },
+        )
+    }
+
     /// Waits until the job is no longer running.
     fn wait_not_running(&self, name: &str, limit: std::time::Duration) -> Result<(), JobsError> {
         let deadline = std::time::Instant::now() + limit;

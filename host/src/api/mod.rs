@@ -289,6 +289,23 @@ async fn stop_job(
 }
 
 #[derive(Deserialize)]
+struct RescaleQuery {
+    parallelism: u32,
+}
+
+async fn rescale_job(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    Query(query): Query<RescaleQuery>,
+) -> Result<Json<jobs::JobInfo>, ApiError> {
+    authorize(&state, &headers)?;
+    let s = state.clone();
+    let info = blocking(move || Ok(s.jobs.rescale(&name, query.parallelism)?)).await?;
+    Ok(Json(info))
+}
+
+#[derive(Deserialize)]
 struct UpgradeQuery {
     /// Registry module, `name` (latest) or `name@version`.
     module: String,
@@ -398,6 +415,7 @@ impl Server {
             .route("/v1/jobs/{name}/savepoint", post(take_savepoint))
             .route("/v1/jobs/{name}/stop", post(stop_job))
             .route("/v1/jobs/{name}/cancel", post(cancel_job))
+            .route("/v1/jobs/{name}/rescale", post(rescale_job))
             .route(
                 "/v1/jobs/{name}/operators/{operator}/upgrade",
                 post(upgrade_operator),

@@ -63,8 +63,14 @@ pub enum JobCommand {
     Stop { name: String },
     /// Cancel without a savepoint.
     Cancel { name: String },
-    /// Swap an operator's module, keeping its state; rolls back to the old
-    /// module if the new one fails within the probation time.
+    /// Change a running job's parallelism: stop with a savepoint and resume
+    /// from it at `parallelism` (key groups are dealt out anew).
+    Rescale { name: String, parallelism: u32 },
+    /// List a job's savepoints.
+    Savepoints { name: String },
+    /// Swap an operator's module, keeping its state: in the running tasks at
+    /// a checkpoint barrier (jobs with checkpoints), else by stop and resume;
+    /// rolls back to the old module if the new one fails.
     Upgrade {
         name: String,
         operator: String,
@@ -291,6 +297,40 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
             Ok(())
         }
         JobCommand::Savepoint { name } => savepoint(&client, json, &name, "savepoint"),
+        JobCommand::Rescale { name, parallelism } => {
+            eprintln!("rescaling {name} to {parallelism} (stop with a savepoint, resume)...");
+            let v = client.call(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{name}/rescale"),
+                &[("parallelism", parallelism.to_string())],
+                None,
+            )?;
+            print(json, &v, |v| {
+                job_header();
+                job_row(v);
+            });
+            Ok(())
+        }
+        JobCommand::Savepoints { name } => {
+            let v = client.call(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{name}/savepoints"),
+                &[],
+                None,
+            )?;
+            print(json, &v, |v| {
+                println!("{:>6}  {:>12}  PATH", "ID", "BYTES");
+                for s in v["savepoints"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>6}  {:>12}  {}",
+                        s["id"],
+                        s["size_bytes"],
+                        s["path"].as_str().unwrap_or("")
+                    );
+                }
+            });
+            Ok(())
+        }
         JobCommand::Stop { name } => savepoint(&client, json, &name, "stop"),
         JobCommand::Upgrade {
             name,

@@ -251,6 +251,20 @@ fn a_job_takes_savepoints_stops_and_resumes_at_another_parallelism() {
     let (status, v) = http.get("/v1/jobs/counts/checkpoints");
     assert_eq!(status, StatusCode::OK, "{v}");
 
+    // Rescale: refused with the field named when the spec cannot take it,
+    // else the job goes on at the new parallelism from a savepoint.
+    let (status, v) = http.post("/v1/jobs/counts/rescale?parallelism=0", None);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(error_of(&v).contains("parallelism"), "{v}");
+    let (status, v) = http.post("/v1/jobs/counts/rescale?parallelism=1", None);
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["parallelism"], 1, "{v}");
+    let job = http.wait_job("counts", |j| j["records_in"].as_u64() > Some(10_000));
+    assert_eq!(job["state"], "running", "{job}");
+    let (status, v) = http.get("/v1/jobs/counts/savepoints");
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["savepoints"].as_array().map(Vec::len), Some(2), "{v}");
+
     let (status, v) = http.post("/v1/jobs/counts/stop", None);
     assert_eq!(status, StatusCode::OK, "{v}");
     let savepoint = v["savepoint"].as_str().unwrap().to_owned();
@@ -270,7 +284,7 @@ fn a_job_takes_savepoints_stops_and_resumes_at_another_parallelism() {
     assert_same_output(
         &keyed_output(&committed_lines(&out)),
         &expected_counts(events, keys),
-        "stopped through the API at 2, resumed at 3",
+        "rescaled through the API from 2 to 1, stopped, resumed at 3",
     );
 }
 
