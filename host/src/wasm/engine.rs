@@ -40,6 +40,10 @@ pub struct SandboxPolicy {
     pub max_instances: u32,
     /// Largest module accepted for compilation.
     pub max_module_bytes: usize,
+    /// Longest a module's validation and compilation may take before the
+    /// upload is refused (the compiler thread then finishes in the
+    /// background, its work bounded by `max_module_bytes`).
+    pub compile_timeout: Duration,
     /// Elements a guest table may hold.
     pub max_table_elements: usize,
 }
@@ -53,6 +57,7 @@ impl Default for SandboxPolicy {
             max_stack: 1 << 20,
             max_instances: 256,
             max_module_bytes: 64 << 20,
+            compile_timeout: Duration::from_secs(120),
             max_table_elements: 100_000,
         }
     }

@@ -51,6 +51,8 @@ pub enum ModuleError {
     },
     #[error("module `{name}` is not a valid WebAssembly component: {message}")]
     Invalid { name: String, message: String },
+    #[error("module `{name}` did not compile within {limit:?}")]
+    CompileTimeout { name: String, limit: Duration },
     #[error("module `{name}` does not fit the weir:operator@0.1.0 world: {message}")]
     WrongWorld { name: String, message: String },
     #[error("cannot read module `{name}`: {source}")]
@@ -64,7 +66,7 @@ pub enum ModuleError {
 pub struct WasmRuntime {
     sandbox: SandboxEngine,
     linker: Linker<HostState>,
-    cache: ModuleCache,
+    cache: Arc<ModuleCache>,
 }
 
 /// A validated, compiled module ready to instantiate.
@@ -89,7 +91,7 @@ impl WasmRuntime {
         Ok(Arc::new(WasmRuntime {
             sandbox,
             linker,
-            cache,
+            cache: Arc::new(cache),
         }))
     }
 
@@ -127,13 +129,7 @@ impl WasmRuntime {
             });
         }
         let started = Instant::now();
-        let (component, cache) = self
-            .cache
-            .get_or_compile(&self.sandbox.engine, bytes)
-            .map_err(|e| ModuleError::Invalid {
-                name: name.to_owned(),
-                message: format!("{e:#}"),
-            })?;
+        let (component, cache) = self.compile(name, bytes)?;
         let compile_time = started.elapsed();
         crate::metrics::metrics()
             .module_compile_seconds
@@ -151,6 +147,35 @@ impl WasmRuntime {
             compile_time,
             pre,
         })
+    }
+
+    /// Compiles (or finds compiled) on a thread of its own, so a module
+    /// that takes too long is refused instead of holding the caller.
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<(Component, CacheOutcome), ModuleError> {
+        let (done, result) = crossbeam_channel::bounded(1);
+        let engine = self.sandbox.engine.clone();
+        let cache = self.cache.clone();
+        let owned = bytes.to_vec();
+        std::thread::Builder::new()
+            .name("weir-compile".into())
+            .spawn(move || {
+                let _ = done.send(cache.get_or_compile(&engine, &owned));
+            })
+            .map_err(|e| ModuleError::Invalid {
+                name: name.to_owned(),
+                message: format!("cannot start the compiler thread: {e}"),
+            })?;
+        let limit = self.sandbox.policy.compile_timeout;
+        match result.recv_timeout(limit) {
+            Ok(compiled) => compiled.map_err(|e| ModuleError::Invalid {
+                name: name.to_owned(),
+                message: format!("{e:#}"),
+            }),
+            Err(_) => Err(ModuleError::CompileTimeout {
+                name: name.to_owned(),
+                limit,
+            }),
+        }
     }
 
     fn prepare(&self, component: &Component) -> wasmtime::Result<OperatorPre<HostState>> {

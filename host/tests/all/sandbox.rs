@@ -219,3 +219,25 @@ fn state_access_outside_the_batch_fails_the_operator_by_naming_the_slot() {
         "{message}"
     );
 }
+
+#[test]
+fn a_module_that_does_not_compile_in_time_is_refused_with_the_limit() {
+    let policy = weir::wasm::SandboxPolicy {
+        compile_timeout: Duration::from_millis(1),
+        ..weir::wasm::SandboxPolicy::default()
+    };
+    // A runtime of its own: nothing compiled yet, in memory or on disk.
+    let runtime = weir::wasm::WasmRuntime::new(policy, None).unwrap();
+    let err = runtime
+        .load_file(
+            "slow",
+            &crate::support::examples_dir().join("keyed_count.wasm"),
+        )
+        .err()
+        .expect("refused");
+    assert!(matches!(err, ModuleError::CompileTimeout { .. }), "{err}");
+    assert!(
+        err.to_string().contains("did not compile within 1ms"),
+        "{err}"
+    );
+}
