@@ -201,8 +201,21 @@ async fn get_job(
     State(state): State<Shared>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = state.clone();
+    let job = name.clone();
+    let checkpoints = blocking(move || Ok(s.jobs.checkpoints(&job)?)).await?;
     let info = state.jobs.get(&name)?;
-    Ok(Json(serde_json::to_value(info).expect("serializes")))
+    let mut answer = serde_json::to_value(&info).expect("serializes");
+    answer["latest_checkpoint"] = checkpoints.last().copied().into();
+    // The graph and the live figures (throughput counters, watermarks,
+    // backpressure) in the same answer as the state: one call shows a job.
+    if let Ok((spec, modules)) = state.jobs.spec(&name) {
+        let values = crate::metrics::metrics().job_values(&name);
+        let figures = view::figures(&spec, &values, info.records_in, crate::time::now_millis());
+        answer["graph"] = serde_json::to_value(view::graph(&spec, &modules)).expect("serializes");
+        answer["figures"] = serde_json::to_value(figures).expect("serializes");
+    }
+    Ok(Json(answer))
 }
 
 async fn job_checkpoints(

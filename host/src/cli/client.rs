@@ -3,8 +3,11 @@
 //! `--json`. Exit codes: 0 done, 1 the server refused or failed (its
 //! message is printed), 3 the server could not be reached.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Subcommand;
 
@@ -117,15 +120,47 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<serde_json::Value, Failure> {
+        self.call_showing(None, method, path, query, body)
+    }
+
+    /// A call that may take a while: with `progress`, stderr (when it is a
+    /// terminal) shows the share of the body sent, then how long the
+    /// server has been working.
+    fn call_showing(
+        &self,
+        progress: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<serde_json::Value, Failure> {
         let url = format!("{}{path}", self.args.server.trim_end_matches('/'));
         let mut request = self.http.request(method, &url).query(query);
         if let Some(token) = &self.args.token {
             request = request.bearer_auth(token);
         }
+        let sent = Arc::new(AtomicU64::new(0));
+        let total = body.as_ref().map_or(0, Vec::len) as u64;
         if let Some(body) = body {
-            request = request.body(body);
+            request = match progress {
+                Some(_) => {
+                    let sent = sent.clone();
+                    let chunks: Vec<bytes::Bytes> = body
+                        .chunks(64 << 10)
+                        .map(bytes::Bytes::copy_from_slice)
+                        .collect();
+                    let stream = futures_util::stream::iter(chunks.into_iter().map(move |c| {
+                        sent.fetch_add(c.len() as u64, Ordering::Relaxed);
+                        Ok::<_, std::io::Error>(c)
+                    }));
+                    request
+                        .header(reqwest::header::CONTENT_LENGTH, total)
+                        .body(reqwest::Body::wrap_stream(stream))
+                }
+                None => request.body(body),
+            };
         }
-        self.runtime.block_on(async {
+        let exchange = async {
             let response = request
                 .send()
                 .await
@@ -146,7 +181,43 @@ impl Client {
                     .unwrap_or_else(|| value.to_string());
                 Err(Failure::Refused(format!("{status}: {message}")))
             }
+        };
+        self.runtime.block_on(async {
+            match progress.filter(|_| std::io::stderr().is_terminal()) {
+                Some(what) => show_progress(what, exchange, (&sent, total)).await,
+                None => exchange.await,
+            }
         })
+    }
+}
+
+/// Redraws one stderr line every quarter second until `call` is done.
+async fn show_progress<T>(
+    what: &str,
+    call: impl std::future::Future<Output = T>,
+    (sent, total): (&AtomicU64, u64),
+) -> T {
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            out = &mut call => {
+                eprint!("\r\x1b[K");
+                return out;
+            }
+            _ = tick.tick() => {
+                let done = sent.load(Ordering::Relaxed);
+                if done < total {
+                    eprint!("\r\x1b[K{what}: sent {}% of {total} bytes", done * 100 / total);
+                } else {
+                    eprint!(
+                        "\r\x1b[K{what}: waiting for the server ({:.1} s)",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -183,7 +254,8 @@ pub fn module(args: ServerArgs, command: ModuleCommand) -> ExitCode {
             let bytes = std::fs::read(&file)
                 .map_err(|e| Failure::Refused(format!("{}: {e}", file.display())))?;
             eprintln!("uploading {} ({} bytes)...", file.display(), bytes.len());
-            let v = client.call(
+            let v = client.call_showing(
+                Some("uploading"),
                 reqwest::Method::POST,
                 "/v1/modules",
                 &[("name", name.clone())],
@@ -299,7 +371,8 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
         JobCommand::Savepoint { name } => savepoint(&client, json, &name, "savepoint"),
         JobCommand::Rescale { name, parallelism } => {
             eprintln!("rescaling {name} to {parallelism} (stop with a savepoint, resume)...");
-            let v = client.call(
+            let v = client.call_showing(
+                Some("rescale"),
                 reqwest::Method::POST,
                 &format!("/v1/jobs/{name}/rescale"),
                 &[("parallelism", parallelism.to_string())],
@@ -339,7 +412,8 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
             probation,
         } => {
             eprintln!("upgrading {name}/{operator} to {module}...");
-            let v = client.call(
+            let v = client.call_showing(
+                Some("upgrade"),
                 reqwest::Method::POST,
                 &format!("/v1/jobs/{name}/operators/{operator}/upgrade"),
                 &[("module", module.clone()), ("probation", probation)],
@@ -375,7 +449,8 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
 
 fn savepoint(client: &Client, json: bool, name: &str, action: &str) -> Result<(), Failure> {
     eprintln!("waiting for the savepoint of {name}...");
-    let v = client.call(
+    let v = client.call_showing(
+        Some("savepoint"),
         reqwest::Method::POST,
         &format!("/v1/jobs/{name}/{action}"),
         &[],

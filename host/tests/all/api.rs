@@ -261,6 +261,16 @@ fn a_job_takes_savepoints_stops_and_resumes_at_another_parallelism() {
     assert_eq!(v["parallelism"], 1, "{v}");
     let job = http.wait_job("counts", |j| j["records_in"].as_u64() > Some(10_000));
     assert_eq!(job["state"], "running", "{job}");
+    // One call shows the job: graph, live figures, latest checkpoint.
+    assert!(job["latest_checkpoint"].as_u64().is_some(), "{job}");
+    let nodes = job["graph"]["nodes"].as_array().expect("graph nodes");
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["name"] == "count" && n["parallelism"] == 1),
+        "{job}"
+    );
+    assert!(job["figures"]["nodes"].is_object(), "{job}");
     let (status, v) = http.get("/v1/jobs/counts/savepoints");
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["savepoints"].as_array().map(Vec::len), Some(2), "{v}");
