@@ -437,20 +437,31 @@ impl JobManager {
         Ok(())
     }
 
+    /// A running job's spec text, the parallelism it was submitted with and
+    /// its checkpoint store.
+    fn running(
+        &self,
+        name: &str,
+    ) -> Result<(String, Option<u32>, Option<CheckpointStore>), JobsError> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        let entry = jobs
+            .get(name)
+            .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
+        if entry.record.info.state != JobState::Running {
+            return Err(JobsError::NotRunning(name.to_owned()));
+        }
+        Ok((
+            entry.record.spec.clone(),
+            entry.record.parallelism,
+            entry.checkpoints.clone(),
+        ))
+    }
+
     /// Changes a running job's parallelism: stop with a savepoint, resume
     /// from it at `parallelism`. The job's spec is kept; only the
     /// parallelism it was submitted with changes.
     pub fn rescale(&self, name: &str, parallelism: u32) -> Result<JobInfo, JobsError> {
-        let text = {
-            let jobs = self.jobs.lock().expect("jobs lock");
-            let entry = jobs
-                .get(name)
-                .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
-            if entry.record.info.state != JobState::Running {
-                return Err(JobsError::NotRunning(name.to_owned()));
-            }
-            entry.record.spec.clone()
-        };
+        let (text, _, _) = self.running(name)?;
         // A parallelism the spec cannot take is refused before anything stops.
         let mut spec = JobSpec::parse(&text)?;
         spec.parallelism = parallelism;
@@ -494,20 +505,7 @@ impl JobManager {
         module: &str,
         probation: std::time::Duration,
     ) -> Result<UpgradeOutcome, JobsError> {
-        let (old_text, parallelism, store) = {
-            let jobs = self.jobs.lock().expect("jobs lock");
-            let entry = jobs
-                .get(name)
-                .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
-            if entry.record.info.state != JobState::Running {
-                return Err(JobsError::NotRunning(name.to_owned()));
-            }
-            (
-                entry.record.spec.clone(),
-                entry.record.parallelism,
-                entry.checkpoints.clone(),
-            )
-        };
+        let (old_text, parallelism, store) = self.running(name)?;
         let no_operator = || JobsError::NoOperator {
             job: name.to_owned(),
             operator: operator.to_owned(),

@@ -808,6 +808,9 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// The longest duration a spec may give.
+const MAX_DURATION_MS: u64 = 100 * 365 * 24 * 3_600_000;
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -817,14 +820,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration like 250ms, 5s, 2m or 1h"))?;
-    let ms = match unit.trim() {
-        "" | "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
+    let unit_ms: u64 = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         other => return Err(format!("unknown duration unit `{other}` in `{text}`")),
     };
-    Ok(Duration::from_millis(ms))
+    // Event-time arithmetic is in i64 milliseconds; a century keeps every
+    // sum of a timestamp and a duration far from overflowing.
+    n.checked_mul(unit_ms)
+        .filter(|&ms| ms <= MAX_DURATION_MS)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is longer than 100 years"))
 }
 
 impl JobSpec {

@@ -248,23 +248,8 @@ fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
-/// A blocking POST to the server with the token.
 fn post(url: &str, body: Vec<u8>) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let response = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(TOKEN)
-            .body(body)
-            .send()
-            .await
-            .expect("the server answers");
-        let status = response.status().as_u16();
-        (status, response.text().await.unwrap_or_default())
-    })
+    crate::support::post_with_token(url, TOKEN, body)
 }
 
 /// A number shown as a rate (`12.3k/s`), if the text is one.

@@ -45,21 +45,7 @@ fn get(url: &str, token: Option<&str>) -> (u16, String) {
 }
 
 fn post(url: &str, body: Vec<u8>) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let response = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(TOKEN)
-            .body(body)
-            .send()
-            .await
-            .expect("the server answers");
-        let status = response.status().as_u16();
-        (status, response.text().await.unwrap_or_default())
-    })
+    crate::support::post_with_token(url, TOKEN, body)
 }
 
 /// The value of the first sample whose line starts with `series`.

@@ -54,6 +54,80 @@ fn each_wrong_field_is_named() {
         ("name: j", "name: j\nbatch: {size: 0}", "batch.size"),
         ("name: j", "name: j\nbatch: {linger: soon}", "soon"),
         ("[{name: a, native: passthrough}]", "[]", "operators"),
+        ("name: j", "name: j\nparallelism: 0", "parallelism"),
+        ("name: j", "name: j\nparalelism: 2", "paralelism"),
+        ("name: j", "name: j\nstate: quantum", "quantum"),
+        (
+            "name: j",
+            "name: j\nrocksdb: {block_cache: 1GiB}",
+            "rocksdb",
+        ),
+        (
+            "name: j",
+            "name: j\nstate: rocksdb\nrocksdb: {block_cache: 1KiB}",
+            "rocksdb.block_cache",
+        ),
+        (
+            "name: j",
+            "name: j\nstate: rocksdb\nrocksdb: {write_buffer: lots}",
+            "lots",
+        ),
+        (
+            "name: j",
+            "name: j\ncheckpoint: {interval: 1ms}",
+            "checkpoint.interval",
+        ),
+        (
+            "name: j",
+            "name: j\ncheckpoint: {interval: 1s, retain: 0}",
+            "checkpoint.retain",
+        ),
+        (
+            "name: j",
+            "name: j\ncheckpoint: {interval: 1s, timeout: 0s}",
+            "checkpoint.timeout",
+        ),
+        (
+            "name: j",
+            "name: j\ncheckpoint: {interval: 99999999999999999h}",
+            "longer than 100 years",
+        ),
+        ("name: j", "name: j\nrestart: {strategy: pray}", "pray"),
+        ("name: j", "name: j\non_error: retry", "retry"),
+        ("name: j", "name: j\non_error: dead-letter", "dead_letter"),
+        (
+            "name: j",
+            "name: j\ndead_letter: {type: stdout}",
+            "dead_letter",
+        ),
+        (
+            "events: 10",
+            "events: 10, watermark: {max_out_of_orderness: soon}",
+            "soon",
+        ),
+        ("{name: a,", "{name: a, input: sideways,", "sideways"),
+        ("{name: a,", "{name: ../a,", "operators[0].name"),
+        (
+            "type: generator, events: 10",
+            "type: kafka, brokers: '', topic: t",
+            "source.brokers",
+        ),
+        (
+            "type: generator, events: 10",
+            "type: kafka, brokers: b, topic: t, rate: 0",
+            "source.rate",
+        ),
+        ("type: generator, events: 10", "type: file", "path"),
+        (
+            "type: discard",
+            "type: kafka, brokers: b, topic: t, delivery: exactly-once",
+            "sink.delivery",
+        ),
+        (
+            "type: discard",
+            "type: kafka, brokers: '', topic: t",
+            "sink",
+        ),
     ];
     for (from, to, expect) in cases {
         let bad = good.replacen(from, to, 1);

@@ -263,3 +263,23 @@ pub fn wait_for_records(handle: &weir::runtime::JobHandle, records: u64) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A blocking POST to a server on 127.0.0.1 with a bearer token: the
+/// status and the body's text.
+pub fn post_with_token(url: &str, token: &str, body: Vec<u8>) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let response = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    })
+}
