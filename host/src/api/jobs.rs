@@ -437,6 +437,39 @@ impl JobManager {
         Ok(())
     }
 
+    /// Starts a job that is not running again with its own spec: from
+    /// `savepoint`, by default the one it stopped with, else from its
+    /// latest complete checkpoint; optionally at another parallelism.
+    pub fn resume(
+        &self,
+        name: &str,
+        savepoint: Option<PathBuf>,
+        parallelism: Option<u32>,
+    ) -> Result<JobInfo, JobsError> {
+        let (text, submitted_with, stopped_with) = {
+            let jobs = self.jobs.lock().expect("jobs lock");
+            let entry = jobs
+                .get(name)
+                .ok_or_else(|| JobsError::NotFound(name.to_owned()))?;
+            if entry.record.info.state == JobState::Running {
+                return Err(JobsError::Running(name.to_owned()));
+            }
+            (
+                entry.record.spec.clone(),
+                entry.record.parallelism,
+                entry.record.info.savepoint.clone(),
+            )
+        };
+        self.submit(
+            &text,
+            &Submit {
+                from_savepoint: savepoint.or(stopped_with),
+                parallelism: parallelism.or(submitted_with),
+                fresh: false,
+            },
+        )
+    }
+
     /// A running job's spec text, the parallelism it was submitted with and
     /// its checkpoint store.
     fn running(

@@ -302,6 +302,25 @@ async fn stop_job(
 }
 
 #[derive(Deserialize)]
+struct ResumeQuery {
+    savepoint: Option<PathBuf>,
+    parallelism: Option<u32>,
+}
+
+async fn resume_job(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    UrlPath(name): UrlPath<String>,
+    Query(query): Query<ResumeQuery>,
+) -> Result<(StatusCode, Json<jobs::JobInfo>), ApiError> {
+    authorize(&state, &headers)?;
+    let s = state.clone();
+    let info =
+        blocking(move || Ok(s.jobs.resume(&name, query.savepoint, query.parallelism)?)).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[derive(Deserialize)]
 struct RescaleQuery {
     parallelism: u32,
 }
@@ -429,6 +448,7 @@ impl Server {
             .route("/v1/jobs/{name}/stop", post(stop_job))
             .route("/v1/jobs/{name}/cancel", post(cancel_job))
             .route("/v1/jobs/{name}/rescale", post(rescale_job))
+            .route("/v1/jobs/{name}/resume", post(resume_job))
             .route(
                 "/v1/jobs/{name}/operators/{operator}/upgrade",
                 post(upgrade_operator),

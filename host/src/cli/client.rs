@@ -66,6 +66,15 @@ pub enum JobCommand {
     Stop { name: String },
     /// Cancel without a savepoint.
     Cancel { name: String },
+    /// Start a stopped job again with its own spec: from the savepoint it
+    /// stopped with (or `--savepoint`), else its latest checkpoint.
+    Resume {
+        name: String,
+        #[arg(long)]
+        savepoint: Option<String>,
+        #[arg(long)]
+        parallelism: Option<u32>,
+    },
     /// Change a running job's parallelism: stop with a savepoint and resume
     /// from it at `parallelism` (key groups are dealt out anew).
     Rescale { name: String, parallelism: u32 },
@@ -369,6 +378,30 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
             Ok(())
         }
         JobCommand::Savepoint { name } => savepoint(&client, json, &name, "savepoint"),
+        JobCommand::Resume {
+            name,
+            savepoint,
+            parallelism,
+        } => {
+            let mut query = Vec::new();
+            if let Some(s) = savepoint {
+                query.push(("savepoint", s));
+            }
+            if let Some(p) = parallelism {
+                query.push(("parallelism", p.to_string()));
+            }
+            let v = client.call(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{name}/resume"),
+                &query,
+                None,
+            )?;
+            print(json, &v, |v| {
+                job_header();
+                job_row(v);
+            });
+            Ok(())
+        }
         JobCommand::Rescale { name, parallelism } => {
             eprintln!("rescaling {name} to {parallelism} (stop with a savepoint, resume)...");
             let v = client.call_showing(

@@ -235,7 +235,7 @@ fn a_job_takes_savepoints_stops_and_resumes_at_another_parallelism() {
     let (status, v) = http.post("/v1/jobs", Some(spec.clone().into_bytes()));
     assert_eq!(status, StatusCode::CREATED, "{v}");
     assert_eq!(v["modules"]["count"], "kc@1");
-    let (status, v) = http.post("/v1/jobs", Some(spec.clone().into_bytes()));
+    let (status, v) = http.post("/v1/jobs", Some(spec.into_bytes()));
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
     let (status, v) = http.call(Method::DELETE, "/v1/modules/kc", Some(TOKEN), None);
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
@@ -283,11 +283,12 @@ fn a_job_takes_savepoints_stops_and_resumes_at_another_parallelism() {
     let (status, _) = http.post("/v1/jobs/counts/stop", None);
     assert_eq!(status, StatusCode::CONFLICT);
 
-    let (status, v) = http.post(
-        &format!("/v1/jobs?from_savepoint={savepoint}&parallelism=3"),
-        Some(spec.into_bytes()),
-    );
+    // Resume: the job's own spec, from the savepoint it stopped with.
+    let (status, v) = http.post("/v1/jobs/counts/resume?parallelism=3", None);
     assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["parallelism"], 3, "{v}");
+    let (status, v) = http.post("/v1/jobs/counts/resume", None);
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
     let job = http.wait_job("counts", |j| j["state"] != "running");
     assert_eq!(job["state"], "finished", "{job}");
     assert_eq!(job["restored_from"], savepoint.as_str(), "{job}");
