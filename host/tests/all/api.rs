@@ -241,6 +241,27 @@ fn a_job_takes_savepoints_stops_and_resumes_at_another_parallelism() {
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
 
     http.wait_job("counts", |j| j["records_in"].as_u64() > Some(20_000));
+    // Bad requests while the job runs are refused with the reason and leave
+    // it alone (its exact output at the end shows it).
+    let (status, v) = http.post("/v1/modules?name=kc", Some(b"not wasm".to_vec()));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = http.post(
+        "/v1/jobs",
+        Some(
+            b"name: y
+source: {type: nope}"
+                .to_vec(),
+        ),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, _) = http.call(Method::POST, "/v1/jobs/counts/stop", None, None);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, v) = http.get("/v1/jobs/counts");
+    assert_eq!(
+        (status, &v["state"]),
+        (StatusCode::OK, &Value::from("running")),
+        "{v}"
+    );
     let (status, v) = http.post("/v1/jobs/counts/savepoint", None);
     assert_eq!(status, StatusCode::OK, "{v}");
     assert!(
