@@ -352,10 +352,7 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
                 query.push(("fresh", "true".to_string()));
             }
             let v = client.call(reqwest::Method::POST, "/v1/jobs", &query, Some(text))?;
-            print(json, &v, |v| {
-                job_header();
-                job_row(v);
-            });
+            print_job(json, &v);
             Ok(())
         }
         JobCommand::List => {
@@ -396,10 +393,7 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
                 &query,
                 None,
             )?;
-            print(json, &v, |v| {
-                job_header();
-                job_row(v);
-            });
+            print_job(json, &v);
             Ok(())
         }
         JobCommand::Rescale { name, parallelism } => {
@@ -411,10 +405,7 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
                 &[("parallelism", parallelism.to_string())],
                 None,
             )?;
-            print(json, &v, |v| {
-                job_header();
-                job_row(v);
-            });
+            print_job(json, &v);
             Ok(())
         }
         JobCommand::Savepoints { name } => {
@@ -478,6 +469,14 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
             Ok(())
         }
     })())
+}
+
+/// One job as a table row, or as JSON.
+fn print_job(json: bool, v: &serde_json::Value) {
+    print(json, v, |v| {
+        job_header();
+        job_row(v);
+    });
 }
 
 fn savepoint(client: &Client, json: bool, name: &str, action: &str) -> Result<(), Failure> {

@@ -755,6 +755,50 @@ fn wait_or_cancel(
     }
 }
 
+/// Where a stop-with-savepoint's answer goes once the tasks have stopped,
+/// and where the coordinator reports the savepoint.
+type StopReply = (
+    Sender<Result<PathBuf, CheckpointError>>,
+    Receiver<Result<PathBuf, CheckpointError>>,
+);
+
+/// Starts a savepoint or a swap for the run (a cancel is the runner's own).
+fn start_command(
+    prepared: &Prepared,
+    coordinator: &mut Coordinator,
+    swap: &mut Option<SwapInFlight>,
+    stop_reply: &mut Option<StopReply>,
+    command: JobCommand,
+) {
+    match command {
+        JobCommand::Savepoint {
+            target,
+            stop: true,
+            reply,
+        } => {
+            // Answer after the tasks have stopped.
+            let (inner, answer) = crossbeam_channel::bounded(1);
+            coordinator.request_savepoint(target, true, inner);
+            *stop_reply = Some((reply, answer));
+        }
+        JobCommand::Savepoint { target, reply, .. } => {
+            coordinator.request_savepoint(target, false, reply)
+        }
+        JobCommand::Swap {
+            operator,
+            module,
+            config,
+            reply,
+        } => start_swap(
+            prepared,
+            coordinator,
+            swap,
+            (operator, module, config, reply),
+        ),
+        JobCommand::Cancel => {}
+    }
+}
+
 /// A requested swap's parts: operator, module, config, where the outcome goes.
 type SwapRequest = (
     String,
@@ -1167,36 +1211,11 @@ fn run_once(
     let mut echo: Option<JobError> = None;
     let mut cancelled = false;
     let mut stopped_with: Option<PathBuf> = None;
-    let mut stop_reply: Option<(Sender<Result<PathBuf, CheckpointError>>, Receiver<_>)> = None;
+    let mut stop_reply: Option<StopReply> = None;
     // Every task finished: the final checkpoint commits the last output.
     let mut need_final = false;
     for command in deferred {
-        match command {
-            JobCommand::Savepoint {
-                target,
-                stop: true,
-                reply,
-            } => {
-                let (inner, answer) = crossbeam_channel::bounded(1);
-                coordinator.request_savepoint(target, true, inner);
-                stop_reply = Some((reply, answer));
-            }
-            JobCommand::Savepoint { target, reply, .. } => {
-                coordinator.request_savepoint(target, false, reply)
-            }
-            JobCommand::Swap {
-                operator,
-                module,
-                config,
-                reply,
-            } => start_swap(
-                prepared,
-                &mut coordinator,
-                swap,
-                (operator, module, config, reply),
-            ),
-            JobCommand::Cancel => {}
-        }
+        start_command(prepared, &mut coordinator, swap, &mut stop_reply, command);
     }
     while running > 0 || coordinator.is_pending() || need_final {
         let deadline = coordinator
@@ -1236,18 +1255,8 @@ fn run_once(
                 }
             },
             recv(commands) -> command => match command {
-                Ok(JobCommand::Savepoint { target, stop, reply }) => {
-                    if stop {
-                        // Answer after the tasks have stopped.
-                        let (inner, answer) = crossbeam_channel::bounded(1);
-                        coordinator.request_savepoint(target, true, inner);
-                        stop_reply = Some((reply, answer));
-                    } else {
-                        coordinator.request_savepoint(target, false, reply);
-                    }
-                }
-                Ok(JobCommand::Swap { operator, module, config, reply }) => {
-                    start_swap(prepared, &mut coordinator, swap, (operator, module, config, reply));
+                Ok(command @ (JobCommand::Savepoint { .. } | JobCommand::Swap { .. })) => {
+                    start_command(prepared, &mut coordinator, swap, &mut stop_reply, command);
                 }
                 Ok(JobCommand::Cancel) => {
                     cancelled = true;
