@@ -57,6 +57,11 @@ pub struct Record<'a> {
     pub value: &'a [u8],
     /// Event time in milliseconds.
     pub timestamp: i64,
+    /// Which of the operator's inputs the record came from, 0-based in the
+    /// order of the job spec's `from` (always 0 with one input): a
+    /// two-input operator (a join, a co-process function) tells its streams
+    /// apart by it.
+    pub input: u32,
 }
 
 impl<'a> Record<'a> {
@@ -498,6 +503,7 @@ fn run_batch<O: Operator>(
                     key,
                     value,
                     timestamp,
+                    input: u32::from(header.input),
                 };
                 live.operator.process(record, &mut ctx)?;
             }
@@ -518,6 +524,7 @@ fn run_batch<O: Operator>(
                     key,
                     value,
                     timestamp,
+                    input: 0,
                 };
                 let window = Window { key, start, end };
                 live.operator

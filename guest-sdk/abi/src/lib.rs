@@ -10,7 +10,7 @@
 //!
 //! Input, magic `WIB1`:
 //! ```text
-//! u32 magic  u32 kind (0 records, 1 timers)  i64 watermark  i64 processing_time
+//! u32 magic  u16 kind (0 records, 1 timers, 2 window)  u16 input  i64 watermark  i64 processing_time
 //! u32 slot_count  u32 entry_count  u32 value_state_count
 //! slot_count x { u32 key_len, key, value_state_count x { u32 len | ABSENT, bytes } }
 //! records: entry_count x { u32 slot, i64 timestamp, u32 value_len, value }
@@ -20,6 +20,10 @@
 //!            1 merge: u32 from_slot   (from_slot's accumulator folds into slot's)
 //!            2 fire:  nothing         (emit the window's result) }
 //! ```
+//! `input` is which of the operator's inputs a records batch came from
+//! (0-based, in the order of the job spec's `from`; always 0 for an operator
+//! with one input and for other kinds): a batch never mixes inputs. Read as
+//! one u32 with input 0, the field is the kind alone.
 //! In a window batch each slot is one (key, window) pair: its key is
 //! [`window_slot_key`] (the record key, then the window's start and end as
 //! little-endian i64s) and its one value state is the window's accumulator.
@@ -248,6 +252,12 @@ impl<'a> InputWriter<'a> {
 
     /// Begins a slot; follow with exactly `value_state_count` calls of
     /// [`InputWriter::slot_state`].
+    /// Marks a records batch as coming from input `input` of the operator.
+    pub fn set_input(&mut self, input: u16) {
+        let at = self.start + 6;
+        self.buf[at..at + 2].copy_from_slice(&input.to_le_bytes());
+    }
+
     pub fn slot_key(&mut self, key: &[u8]) {
         debug_assert_eq!(self.entries, 0, "slots precede entries");
         put_bytes(self.buf, key);
@@ -322,6 +332,8 @@ impl<'a> InputWriter<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InputHeader {
     pub kind: BatchKind,
+    /// Which input of a two-input operator a records batch came from.
+    pub input: u16,
     pub watermark: i64,
     pub processing_time: i64,
     pub slot_count: u32,
@@ -380,7 +392,9 @@ impl<'a> InputReader<'a> {
                 offset: 0,
             });
         }
-        let kind = match c.u32("batch kind")? {
+        let kind_and_input = c.u32("batch kind")?;
+        let input = (kind_and_input >> 16) as u16;
+        let kind = match kind_and_input & 0xffff {
             0 => BatchKind::Records,
             1 => BatchKind::Timers,
             2 => BatchKind::Window,
@@ -391,8 +405,15 @@ impl<'a> InputReader<'a> {
                 });
             }
         };
+        if input != 0 && kind != BatchKind::Records {
+            return Err(AbiError {
+                what: "only a records batch names an input",
+                offset: 6,
+            });
+        }
         let header = InputHeader {
             kind,
+            input,
             watermark: c.i64("watermark")?,
             processing_time: c.i64("processing time")?,
             slot_count: c.u32("slot count")?,
@@ -712,6 +733,7 @@ mod tests {
         let mut r = InputReader::new(&buf).unwrap();
         assert_eq!(r.header.slot_count, 2);
         assert_eq!(r.header.watermark, 7);
+        assert_eq!(r.header.input, 0);
         let s0 = r.next_slot().unwrap().unwrap();
         assert_eq!(
             (s0.key, s0.states),
@@ -730,6 +752,23 @@ mod tests {
         );
         assert!(r.next_entry().unwrap().is_some());
         assert!(r.next_entry().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_records_batch_names_its_input_and_no_other_kind_may() {
+        let mut buf = Vec::new();
+        let mut w = InputWriter::new(&mut buf, BatchKind::Records, 0, 0, 0);
+        w.set_input(1);
+        w.finish();
+        let r = InputReader::new(&buf).unwrap();
+        assert_eq!((r.header.kind, r.header.input), (BatchKind::Records, 1));
+
+        let mut buf = Vec::new();
+        let mut w = InputWriter::new(&mut buf, BatchKind::Timers, 0, 0, 0);
+        w.set_input(1);
+        w.finish();
+        let e = InputReader::new(&buf).err().unwrap();
+        assert_eq!(e.what, "only a records batch names an input");
     }
 
     #[test]

@@ -34,9 +34,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let json = serde_json::to_vec(&manifest).expect("a JSON value serialises");
-    let Ok(loaded) = LoadedCheckpoint::verify(Path::new("fuzzed"), &json, &mut |_| {
-        Ok(state.to_vec())
-    }) else {
+    let Ok(loaded) =
+        LoadedCheckpoint::verify(Path::new("fuzzed"), &json, &mut |_| Ok(state.to_vec()))
+    else {
         return;
     };
     let max_parallelism = loaded.manifest.max_parallelism.clamp(1, 32_768);

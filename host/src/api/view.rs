@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::graph::spec::{SinkSpec, SourceSpec, WindowKind};
-use crate::graph::{JobSpec, Partitioning, TaskGroup, plan};
+use crate::graph::spec::{MAIN_SOURCE, SinkSpec, SourceSpec, WindowKind};
+use crate::graph::{JobSpec, Node, Partitioning, group_of, plan};
 use crate::metrics::JobValues;
 
 /// Node ids of the source and the main sink; operators are
@@ -62,6 +62,9 @@ pub enum EdgeKind {
     Rebalance,
     /// Through channels, to every instance.
     Broadcast,
+    /// Through channels, instance `i` to instance `i` (a stream several
+    /// operators read).
+    Forward,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -75,17 +78,10 @@ pub struct GraphEdge {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct JobGraph {
-    /// Source first, then the operators in order, the main sink, then
-    /// side-output sinks.
+    /// Sources first (`source`, then `source:<name>` for named ones), then
+    /// the operators in order, the main sink, then side-output sinks.
     pub nodes: Vec<GraphNode>,
     pub edges: Vec<GraphEdge>,
-}
-
-fn group_of(groups: &[TaskGroup], operator: usize) -> usize {
-    groups
-        .iter()
-        .position(|g| g.operators.contains(&operator))
-        .expect("every operator is planned")
 }
 
 fn source_name(source: &SourceSpec) -> (&'static str, Option<String>) {
@@ -115,43 +111,62 @@ fn window_text(kind: &WindowKind) -> String {
     }
 }
 
+/// The graph node id of a stream.
+fn node_id(spec: &JobSpec, node: &Node) -> String {
+    match node {
+        Node::Source(name) if name == MAIN_SOURCE => SOURCE.to_owned(),
+        Node::Source(name) => format!("source:{name}"),
+        Node::Operator(i) => operator_id(&spec.operators[*i].name),
+    }
+}
+
 /// The graph of `spec` as planned; `modules` maps operators to the module
 /// versions they run.
 pub fn graph(spec: &JobSpec, modules: &BTreeMap<String, String>) -> JobGraph {
     let groups = plan(spec);
-    let last_group = groups.len() - 1;
-    let (source, source_detail) = source_name(&spec.source);
-    let mut nodes = vec![GraphNode {
-        id: SOURCE.into(),
-        kind: NodeKind::Source,
-        name: source.into(),
-        detail: source_detail,
-        parallelism: spec.source_parallelism(),
-        task_group: 0,
-        window: None,
-    }];
+    let mut nodes = Vec::new();
+    for (name, source) in spec.all_sources() {
+        let (kind, detail) = source_name(source);
+        let node = Node::Source(name.to_owned());
+        nodes.push(GraphNode {
+            id: node_id(spec, &node),
+            kind: NodeKind::Source,
+            name: if name == MAIN_SOURCE {
+                kind.to_owned()
+            } else {
+                format!("{name} ({kind})")
+            },
+            detail,
+            parallelism: spec.parallelism_of(source),
+            task_group: groups
+                .iter()
+                .position(|g| g.source.as_deref() == Some(name))
+                .unwrap_or(0),
+            window: None,
+        });
+    }
     let mut edges = Vec::new();
-    let mut previous = SOURCE.to_owned();
     for (i, op) in spec.operators.iter().enumerate() {
         let group = group_of(&groups, i);
         let id = operator_id(&op.name);
         let first_of_group = groups[group].operators.first() == Some(&i);
-        let kind = match groups[group].input {
-            Some(input) if first_of_group => match input {
-                Partitioning::Key => EdgeKind::Key,
-                Partitioning::Broadcast => EdgeKind::Broadcast,
-                // A forward edge that starts a group (the parallelism
-                // changes) is planned as a rebalance.
-                Partitioning::Rebalance | Partitioning::Forward => EdgeKind::Rebalance,
-            },
-            _ => EdgeKind::Chained,
-        };
-        edges.push(GraphEdge {
-            from: previous,
-            to: id.clone(),
-            kind,
-            side_output: None,
-        });
+        for (k, input) in spec.inputs_of(i).iter().enumerate() {
+            let kind = match groups[group].inputs.get(k) {
+                Some(input) if first_of_group => match input.partitioning {
+                    Partitioning::Key => EdgeKind::Key,
+                    Partitioning::Broadcast => EdgeKind::Broadcast,
+                    Partitioning::Rebalance => EdgeKind::Rebalance,
+                    Partitioning::Forward => EdgeKind::Forward,
+                },
+                _ => EdgeKind::Chained,
+            };
+            edges.push(GraphEdge {
+                from: node_id(spec, input),
+                to: id.clone(),
+                kind,
+                side_output: None,
+            });
+        }
         nodes.push(GraphNode {
             id: id.clone(),
             kind: NodeKind::Operator,
@@ -166,8 +181,15 @@ pub fn graph(spec: &JobSpec, modules: &BTreeMap<String, String>) -> JobGraph {
             task_group: group,
             window: op.window.as_ref().map(|w| window_text(&w.kind)),
         });
-        previous = id;
     }
+    let last_group = match spec.operators.len() {
+        0 => 0,
+        n => group_of(&groups, n - 1),
+    };
+    let previous = match spec.operators.len() {
+        0 => SOURCE.to_owned(),
+        n => operator_id(&spec.operators[n - 1].name),
+    };
     let (sink, sink_detail) = sink_name(&spec.sink);
     nodes.push(GraphNode {
         id: SINK.into(),
@@ -234,7 +256,8 @@ pub struct JobFigures {
 }
 
 /// The figures of `spec`'s nodes from `values`; `source_records` is what
-/// the sources have taken in (the sources have no series of their own).
+/// the sources have taken in (the sources have no series of their own, so
+/// it is shown on the job's `source`).
 pub fn figures(spec: &JobSpec, values: &JobValues, source_records: u64, at_ms: i64) -> JobFigures {
     let groups = plan(spec);
     // Task-level values are per task group, shared by what it chains.
@@ -266,14 +289,24 @@ pub fn figures(spec: &JobSpec, values: &JobValues, source_records: u64, at_ms: i
         })
         .collect();
     let mut nodes = BTreeMap::new();
-    nodes.insert(
-        SOURCE.to_owned(),
-        NodeFigures {
-            records_out: source_records,
-            parallelism: spec.source_parallelism(),
-            ..group_figures[0].clone()
-        },
-    );
+    for (g, group) in groups.iter().enumerate() {
+        let Some(name) = &group.source else { continue };
+        // Sources have no series of their own: the total goes to the job's
+        // `source`.
+        let records_out = if name == MAIN_SOURCE {
+            source_records
+        } else {
+            0
+        };
+        nodes.insert(
+            node_id(spec, &Node::Source(name.clone())),
+            NodeFigures {
+                records_out,
+                parallelism: group.parallelism,
+                ..group_figures[g].clone()
+            },
+        );
+    }
     let mut last_out = source_records;
     for (i, op) in spec.operators.iter().enumerate() {
         let (records_in, records_out) = values
@@ -292,7 +325,10 @@ pub fn figures(spec: &JobSpec, values: &JobValues, source_records: u64, at_ms: i
             },
         );
     }
-    let last = group_figures.last().expect("the source group exists");
+    let last = &group_figures[match spec.operators.len() {
+        0 => 0,
+        n => group_of(&groups, n - 1),
+    }];
     nodes.insert(
         SINK.to_owned(),
         NodeFigures {

@@ -16,7 +16,7 @@
 //! Snapshots reach the coordinator only through the writer thread (after
 //! their file is on disk) or as a finished task's final snapshot.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,7 +136,8 @@ pub struct CoordinatorConfig {
     pub timeout: Duration,
     pub retain: usize,
     pub max_parallelism: u32,
-    pub source_splits: u32,
+    /// Split count of each source, by name.
+    pub source_splits: BTreeMap<String, u32>,
     pub modules: Vec<ModuleVersion>,
     /// `memory` or `rocksdb`, for the state-size metric.
     pub state_backend: &'static str,
@@ -534,7 +535,19 @@ impl Coordinator {
             finished,
             created_ms: now_millis(),
             max_parallelism: self.config.max_parallelism,
-            source_splits: self.config.source_splits,
+            source_splits: self
+                .config
+                .source_splits
+                .get(crate::graph::spec::MAIN_SOURCE)
+                .copied()
+                .unwrap_or(0),
+            named_source_splits: self
+                .config
+                .source_splits
+                .iter()
+                .filter(|(name, _)| *name != crate::graph::spec::MAIN_SOURCE)
+                .map(|(name, &n)| (name.clone(), n))
+                .collect(),
             modules: self.config.modules.clone(),
             tasks,
             files,
@@ -619,7 +632,7 @@ mod tests {
             timeout: Duration::from_millis(40),
             retain: 1,
             max_parallelism: 128,
-            source_splits: 1,
+            source_splits: BTreeMap::from([("source".to_owned(), 1)]),
             modules: Vec::new(),
             state_backend: "memory",
             on_complete: None,

@@ -9,6 +9,7 @@
 //! lies in its state file. A state file is the magic `WEIRST01` followed by
 //! the sections (see [`crate::state::snapshot`]) back to back.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -37,11 +38,30 @@ pub struct Manifest {
     pub finished: bool,
     pub created_ms: i64,
     pub max_parallelism: u32,
-    /// Splits of the source, fixed when the job first started.
+    /// Splits of the job's `source`, fixed when the job first started.
     pub source_splits: u32,
+    /// Splits of the job's named `sources`, likewise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named_source_splits: BTreeMap<String, u32>,
     pub modules: Vec<ModuleVersion>,
     pub tasks: Vec<TaskSnapshot>,
     pub files: Vec<FileEntry>,
+}
+
+fn main_source() -> String {
+    crate::graph::spec::MAIN_SOURCE.to_owned()
+}
+
+impl Manifest {
+    /// The split count of source `name` when the job first started; `None`
+    /// for a source the checkpoint does not know.
+    pub fn split_count(&self, name: &str) -> Option<u32> {
+        if name == crate::graph::spec::MAIN_SOURCE {
+            Some(self.source_splits)
+        } else {
+            self.named_source_splits.get(name).copied()
+        }
+    }
 }
 
 /// The code an operator ran when the checkpoint was taken.
@@ -82,6 +102,9 @@ pub struct TaskSnapshot {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SourceSnapshot {
+    /// Which of the job's sources (`source` or a key of `sources`).
+    #[serde(default = "main_source")]
+    pub name: String,
     pub positions: Vec<SplitPosition>,
     /// Highest event time the instance's watermark generator had seen.
     pub max_timestamp: i64,

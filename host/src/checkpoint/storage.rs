@@ -401,30 +401,33 @@ impl LoadedCheckpoint {
         self.manifest.checkpoint
     }
 
-    /// The splits instance `instance` of `parallelism` reads on resuming.
-    pub fn source_splits(&self, instance: u32, parallelism: u32) -> RestoredSplits {
+    /// The splits of source `source` instance `instance` of `parallelism`
+    /// reads on resuming.
+    pub fn source_splits(&self, source: &str, instance: u32, parallelism: u32) -> RestoredSplits {
         let positions: Vec<SplitPosition> = self
             .manifest
             .tasks
             .iter()
             .filter_map(|t| t.source.as_ref())
+            .filter(|s| s.name == source)
             .flat_map(|s| s.positions.iter())
             .filter(|p| p.split % parallelism == instance)
             .cloned()
             .collect();
         RestoredSplits {
-            split_count: self.manifest.source_splits,
+            split_count: self.manifest.split_count(source).unwrap_or(parallelism),
             positions,
         }
     }
 
     /// Where the sources' watermark generators resume: the lowest of the
     /// saved ones, so no instance's watermark runs ahead of its records.
-    pub fn source_max_timestamp(&self) -> i64 {
+    pub fn source_max_timestamp(&self, source: &str) -> i64 {
         self.manifest
             .tasks
             .iter()
             .filter_map(|t| t.source.as_ref())
+            .filter(|s| s.name == source)
             .map(|s| s.max_timestamp)
             .filter(|&t| t != i64::MIN)
             .min()

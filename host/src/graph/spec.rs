@@ -51,6 +51,10 @@ pub struct JobSpec {
     #[serde(default)]
     pub batch: BatchSpec,
     pub source: SourceSpec,
+    /// More sources, by name, for operators that read several streams
+    /// (`from:`); the `source` above is named `source`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceSpec>,
     pub operators: Vec<OperatorSpec>,
     pub sink: SinkSpec,
     /// Periodic checkpoints; none when absent.
@@ -277,6 +281,16 @@ impl Default for BatchSpec {
     }
 }
 
+/// The name of the job's `source` in `from` lists.
+pub const MAIN_SOURCE: &str = "source";
+
+/// A stream of the job's graph: a source (by name) or an operator (by index).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    Source(String),
+    Operator(usize),
+}
+
 /// A source, chosen by its `type` field.
 #[derive(Clone, Debug)]
 pub enum SourceSpec {
@@ -459,6 +473,20 @@ fn tagged_body<T: serde::de::DeserializeOwned, E: serde::de::Error>(
     })
 }
 
+/// `from: a` or `from: [a, b]`.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(name) => vec![name],
+        Raw::Many(names) => names,
+    })
+}
+
 fn default_keys() -> u64 {
     10_000
 }
@@ -557,6 +585,14 @@ pub struct OperatorSpec {
     /// A built-in native operator (`keyed-count`, `passthrough`), for
     /// comparison with the Wasm versions.
     pub native: Option<String>,
+    /// What the operator reads, by name: earlier operators, `source`, or
+    /// keys of `sources`. Default: the operator before it (the source for
+    /// the first). With several, their records meet in this operator: a
+    /// union, or (for a guest that tells them apart by `Record::input`, the
+    /// index in this list) a co-process function such as a join.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub from: Vec<String>,
+    /// How records reach the operator from each of its inputs.
     #[serde(default)]
     pub input: Partitioning,
     pub parallelism: Option<u32>,
@@ -947,67 +983,20 @@ impl JobSpec {
         {
             return Err(invalid("restart.max_delay", "must be at least `delay`"));
         }
-        match &self.source {
-            SourceSpec::Generator(GeneratorSource {
-                keys,
-                events_per_ms,
-                rate,
-                parallelism,
-                ..
-            }) => {
-                if *keys == 0 {
-                    return Err(invalid("source.keys", "must be at least 1"));
-                }
-                if *events_per_ms == 0 {
-                    return Err(invalid("source.events_per_ms", "must be at least 1"));
-                }
-                if rate.is_some_and(|r| r == 0) {
-                    return Err(invalid(
-                        "source.rate",
-                        "must be at least 1 event per second",
-                    ));
-                }
-                if let Some(p) = parallelism {
-                    check_parallelism("source.parallelism", *p, self.max_parallelism)?;
-                }
+        self.validate_source("source", &self.source)?;
+        for (name, source) in &self.sources {
+            let field = format!("sources.{name}");
+            check_name(&field, name)?;
+            if name == MAIN_SOURCE {
+                return Err(invalid(
+                    field,
+                    "`source` names the job's `source`; give this one another name",
+                ));
             }
-            SourceSpec::File(FileSource {
-                format,
-                key_field,
-                timestamp_field,
-                ..
-            }) => {
-                if *format == FileFormat::Lines
-                    && (key_field.is_some() || timestamp_field.is_some())
-                {
-                    return Err(invalid(
-                        "source.key_field",
-                        "key_field and timestamp_field need format: json",
-                    ));
-                }
+            if matches!(source, SourceSpec::Embedded(_)) {
+                return Err(invalid(field, "only the job's `source` can be `embedded`"));
             }
-            SourceSpec::Embedded(EmbeddedSource { parallelism, .. }) => {
-                if let Some(p) = parallelism {
-                    check_parallelism("source.parallelism", *p, self.max_parallelism)?;
-                }
-            }
-            SourceSpec::Kafka(k) => {
-                if k.brokers.trim().is_empty() {
-                    return Err(invalid("source.brokers", "must name at least one broker"));
-                }
-                if k.topic.trim().is_empty() {
-                    return Err(invalid("source.topic", "must not be empty"));
-                }
-                if k.rate.is_some_and(|r| r == 0) {
-                    return Err(invalid(
-                        "source.rate",
-                        "must be at least 1 record per second",
-                    ));
-                }
-                if let Some(p) = k.parallelism {
-                    check_parallelism("source.parallelism", p, self.max_parallelism)?;
-                }
-            }
+            self.validate_source(&field, source)?;
         }
         match (self.on_error, &self.dead_letter) {
             (OnError::DeadLetter, None) => {
@@ -1059,6 +1048,12 @@ impl JobSpec {
                 return Err(invalid(
                     field("name"),
                     format!("`{}` is used by two operators", op.name),
+                ));
+            }
+            if op.name == MAIN_SOURCE || self.sources.contains_key(&op.name) {
+                return Err(invalid(
+                    field("name"),
+                    format!("`{}` names a source", op.name),
                 ));
             }
             match (&op.module, &op.native) {
@@ -1130,6 +1125,175 @@ impl JobSpec {
                 }
                 check_name(&field("window.late_output"), &w.late_output)?;
             }
+            let mut seen = Vec::new();
+            for name in &op.from {
+                let node = self.node_named(name).ok_or_else(|| {
+                    invalid(
+                        field("from"),
+                        format!("no operator or source is named `{name}`"),
+                    )
+                })?;
+                if let Node::Operator(j) = node
+                    && j >= i
+                {
+                    return Err(invalid(
+                        field("from"),
+                        format!("`{name}` must come before `{}` in `operators`", op.name),
+                    ));
+                }
+                if seen.contains(&node) {
+                    return Err(invalid(field("from"), format!("`{name}` is named twice")));
+                }
+                seen.push(node);
+            }
+            if op.from.len() > usize::from(u16::MAX) {
+                return Err(invalid(field("from"), "too many inputs"));
+            }
+        }
+        // Every stream goes somewhere: the last operator's to the sink,
+        // every other one into an operator.
+        let mut read = std::collections::HashSet::new();
+        for i in 0..self.operators.len() {
+            read.extend(self.inputs_of(i));
+        }
+        for (name, _) in self.all_sources() {
+            if !read.contains(&Node::Source(name.to_owned())) {
+                let field = if name == MAIN_SOURCE {
+                    "source".to_owned()
+                } else {
+                    format!("sources.{name}")
+                };
+                return Err(invalid(
+                    field,
+                    format!("no operator reads `{name}`: name it in an operator's `from`"),
+                ));
+            }
+        }
+        let last = self.operators.len() - 1;
+        for (i, op) in self.operators.iter().enumerate().take(last) {
+            if !read.contains(&Node::Operator(i)) {
+                return Err(invalid(
+                    format!("operators[{i}]"),
+                    format!(
+                        "the output of `{}` goes nowhere: only the last operator feeds the sink; name `{}` in a later operator's `from`",
+                        op.name, op.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The source or operator called `name`.
+    pub fn node_named(&self, name: &str) -> Option<Node> {
+        if name == MAIN_SOURCE || self.sources.contains_key(name) {
+            return Some(Node::Source(name.to_owned()));
+        }
+        self.operators
+            .iter()
+            .position(|o| o.name == name)
+            .map(Node::Operator)
+    }
+
+    /// What operator `i` reads, in order (its `from`, or the step before it).
+    pub fn inputs_of(&self, i: usize) -> Vec<Node> {
+        let op = &self.operators[i];
+        if op.from.is_empty() {
+            return vec![match i {
+                0 => Node::Source(MAIN_SOURCE.to_owned()),
+                _ => Node::Operator(i - 1),
+            }];
+        }
+        op.from
+            .iter()
+            .filter_map(|name| self.node_named(name))
+            .collect()
+    }
+
+    /// Every source with its name: `source` first, then `sources` by name.
+    pub fn all_sources(&self) -> Vec<(&str, &SourceSpec)> {
+        std::iter::once((MAIN_SOURCE, &self.source))
+            .chain(self.sources.iter().map(|(n, s)| (n.as_str(), s)))
+            .collect()
+    }
+
+    /// The source called `name`.
+    pub fn source_named(&self, name: &str) -> Option<&SourceSpec> {
+        if name == MAIN_SOURCE {
+            Some(&self.source)
+        } else {
+            self.sources.get(name)
+        }
+    }
+
+    fn validate_source(&self, field: &str, source: &SourceSpec) -> Result<(), SpecError> {
+        match source {
+            SourceSpec::Generator(GeneratorSource {
+                keys,
+                events_per_ms,
+                rate,
+                parallelism,
+                ..
+            }) => {
+                if *keys == 0 {
+                    return Err(invalid(format!("{field}.keys"), "must be at least 1"));
+                }
+                if *events_per_ms == 0 {
+                    return Err(invalid(
+                        format!("{field}.events_per_ms"),
+                        "must be at least 1",
+                    ));
+                }
+                if rate.is_some_and(|r| r == 0) {
+                    return Err(invalid(
+                        format!("{field}.rate"),
+                        "must be at least 1 event per second",
+                    ));
+                }
+                if let Some(p) = parallelism {
+                    check_parallelism(&format!("{field}.parallelism"), *p, self.max_parallelism)?;
+                }
+            }
+            SourceSpec::File(FileSource {
+                format,
+                key_field,
+                timestamp_field,
+                ..
+            }) => {
+                if *format == FileFormat::Lines
+                    && (key_field.is_some() || timestamp_field.is_some())
+                {
+                    return Err(invalid(
+                        format!("{field}.key_field"),
+                        "key_field and timestamp_field need format: json",
+                    ));
+                }
+            }
+            SourceSpec::Embedded(EmbeddedSource { parallelism, .. }) => {
+                if let Some(p) = parallelism {
+                    check_parallelism(&format!("{field}.parallelism"), *p, self.max_parallelism)?;
+                }
+            }
+            SourceSpec::Kafka(k) => {
+                if k.brokers.trim().is_empty() {
+                    return Err(invalid(
+                        format!("{field}.brokers"),
+                        "must name at least one broker",
+                    ));
+                }
+                if k.topic.trim().is_empty() {
+                    return Err(invalid(format!("{field}.topic"), "must not be empty"));
+                }
+                if k.rate.is_some_and(|r| r == 0) {
+                    return Err(invalid(
+                        format!("{field}.rate"),
+                        "must be at least 1 record per second",
+                    ));
+                }
+                if let Some(p) = k.parallelism {
+                    check_parallelism(&format!("{field}.parallelism"), p, self.max_parallelism)?;
+                }
+            }
         }
         Ok(())
     }
@@ -1153,21 +1317,38 @@ impl JobSpec {
         }
     }
 
+    /// Parallelism of the job's `source`.
     pub fn source_parallelism(&self) -> u32 {
-        match &self.source {
+        self.parallelism_of(&self.source)
+    }
+
+    pub fn parallelism_of(&self, source: &SourceSpec) -> u32 {
+        match source {
             SourceSpec::Generator(g) => g.parallelism.unwrap_or(self.parallelism),
             SourceSpec::File(_) => 1,
             SourceSpec::Embedded(e) => e.parallelism.unwrap_or(self.parallelism),
             SourceSpec::Kafka(k) => k.parallelism.unwrap_or(self.parallelism),
         }
     }
+}
 
+impl SourceSpec {
     pub fn watermark(&self) -> WatermarkSpec {
-        match &self.source {
+        match self {
             SourceSpec::Generator(g) => g.watermark,
             SourceSpec::File(f) => f.watermark,
             SourceSpec::Embedded(e) => e.watermark,
             SourceSpec::Kafka(k) => k.watermark,
+        }
+    }
+
+    /// The source's type, as written in the spec.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSpec::Generator(_) => "generator",
+            SourceSpec::File(_) => "file",
+            SourceSpec::Embedded(_) => "embedded",
+            SourceSpec::Kafka(_) => "kafka",
         }
     }
 }

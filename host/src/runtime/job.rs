@@ -41,7 +41,7 @@ use crate::graph::spec::{JobSpec, OnError, SourceSpec, StateBackendKind, WindowS
 use crate::graph::{TaskGroup, key_group_range, plan};
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{InstanceInfo, Operator, OperatorError};
-use crate::runtime::router::{Envelope, Router};
+use crate::runtime::router::{Envelope, Fanout, Router};
 use crate::runtime::task::{
     DEAD_LETTER_SINK, FinalSnapshot, Head, Rejects, SharedCounters, SourceTime, Tail, Task,
     TaskError, TaskLink, TaskStats,
@@ -530,12 +530,8 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
             }
             (None, None) => unreachable!("validate() requires module or native"),
         };
-        let group = groups
-            .iter()
-            .find(|g| g.operators.contains(&i))
-            .expect("every operator is planned");
-        let keyed = group.operators.first() == Some(&i)
-            && group.input == Some(crate::graph::Partitioning::Key);
+        let group = &groups[crate::graph::group_of(&groups, i)];
+        let keyed = group.operators.first() == Some(&i) && group.keyed();
         operator_plans.push(OperatorPlan {
             name: op.name.clone(),
             kind,
@@ -942,16 +938,35 @@ fn run_once(
     all_sinks.extend(dead_letter_sink.clone());
     let task_count: u32 = groups.iter().map(|g| g.parallelism).sum();
 
-    // Channels: one bounded channel per instance of every group but the first.
-    let mut receivers: Vec<Vec<Option<Receiver<Envelope>>>> = vec![Vec::new()];
-    let mut senders: Vec<Vec<Sender<Envelope>>> = vec![Vec::new()];
-    for g in &groups[1..] {
+    // Channels: one bounded channel per instance of every group with inputs;
+    // the instances of a group's inputs send on it as channels 0.., input
+    // after input.
+    let mut receivers: Vec<Vec<Option<Receiver<Envelope>>>> = Vec::new();
+    let mut senders: Vec<Vec<Sender<Envelope>>> = Vec::new();
+    let mut channel_offsets: Vec<Vec<u32>> = Vec::new();
+    for g in &groups {
+        let mut offsets = Vec::new();
+        let mut channels = 0u32;
+        for input in &g.inputs {
+            offsets.push(channels);
+            channels += groups[input.group].parallelism;
+        }
+        channel_offsets.push(offsets);
+        if g.inputs.is_empty() {
+            senders.push(Vec::new());
+            receivers.push(Vec::new());
+            continue;
+        }
         let (s, r): (Vec<_>, Vec<_>) = (0..g.parallelism)
             .map(|_| crossbeam_channel::bounded(CHANNEL_BATCHES))
             .unzip();
         senders.push(s);
         receivers.push(r.into_iter().map(Some).collect());
     }
+    let sink_group = match spec.operators.len() {
+        0 => 0,
+        n => crate::graph::group_of(&groups, n - 1),
+    };
 
     let (events, event_rx) = crossbeam_channel::unbounded::<TaskEvent>();
     let (finals, final_rx) = crossbeam_channel::unbounded::<FinalSnapshot>();
@@ -979,11 +994,16 @@ fn run_once(
         ..SharedCounters::default()
     };
     progress.store(0, Ordering::Relaxed);
-    let watermark_spec = spec.watermark();
-    let mut source_splits = match &restore {
-        Some(c) => c.manifest.source_splits,
-        None => groups[0].parallelism,
-    };
+    let mut source_splits: BTreeMap<String, u32> = BTreeMap::new();
+    for group in &groups {
+        if let Some(name) = &group.source {
+            let splits = match &restore {
+                Some(c) => c.manifest.split_count(name),
+                None => None,
+            };
+            source_splits.insert(name.clone(), splits.unwrap_or(group.parallelism));
+        }
+    }
     let mut triggers = Vec::new();
     let mut handles = Vec::new();
     for (gi, group) in groups.iter().enumerate() {
@@ -995,17 +1015,21 @@ fn run_once(
                 .map(|&i| spec.operators[i].name.clone())
                 .collect();
             let resume_watermark = restore.as_ref().map(|c| c.watermark_for(&names));
-            let head = if gi == 0 {
+            let head = if let Some(source_name) = &group.source {
+                let source_spec = spec
+                    .source_named(source_name)
+                    .expect("planned sources exist");
+                let watermark_spec = source_spec.watermark();
                 let assignment = SourceAssignment {
                     instance,
                     parallelism: group.parallelism,
                     restored: restore
                         .as_ref()
-                        .map(|c| c.source_splits(instance, group.parallelism)),
+                        .map(|c| c.source_splits(source_name, instance, group.parallelism)),
                 };
-                let source = match (&spec.source, &env.embedded_source) {
+                let source = match (source_spec, &env.embedded_source) {
                     (SourceSpec::Embedded(_), Some(make)) => make(&assignment),
-                    _ => build_source(&spec.source, &assignment).map_err(|e| setup(e.into()))?,
+                    _ => build_source(source_spec, &assignment).map_err(|e| setup(e.into()))?,
                 };
                 let mut source = source;
                 if spec.on_error != OnError::Fail {
@@ -1014,46 +1038,59 @@ fn run_once(
                 if restore.is_none()
                     && let Some(n) = source.split_count()
                 {
-                    source_splits = n;
+                    source_splits.insert(source_name.clone(), n);
                 }
                 let mut time = SourceTime::new(&watermark_spec);
                 if let Some(c) = &restore {
                     time.watermarks = BoundedOutOfOrderness::resuming(
                         watermark_spec.max_out_of_orderness.as_millis() as i64,
-                        c.source_max_timestamp(),
+                        c.source_max_timestamp(source_name),
                     );
                 }
                 Head::Source { source, time }
             } else {
-                let inputs = groups[gi - 1].parallelism as usize;
+                let mut channel_inputs = Vec::new();
+                for (k, input) in group.inputs.iter().enumerate() {
+                    let input_index = u16::try_from(k).expect("spec validation bounds inputs");
+                    channel_inputs.extend(std::iter::repeat_n(
+                        input_index,
+                        groups[input.group].parallelism as usize,
+                    ));
+                }
                 Head::Input {
                     receiver: receivers[gi][instance as usize]
                         .take()
                         .expect("each receiver is taken once"),
                     watermarks: InputWatermarks::starting_at(
-                        inputs,
+                        channel_inputs.len(),
                         resume_watermark.unwrap_or(i64::MIN),
                     ),
-                    inputs,
+                    channel_inputs,
                 }
             };
-            let (trigger, trigger_rx) = if gi == 0 {
+            let (trigger, trigger_rx) = if group.source.is_some() {
                 let (s, r) = crossbeam_channel::unbounded();
                 (Some(s), Some(r))
             } else {
                 (None, None)
             };
             triggers.push(trigger);
-            let tail = if gi + 1 < groups.len() {
-                let next: &TaskGroup = &groups[gi + 1];
-                Tail::Router(Router::new(
-                    instance,
-                    senders[gi + 1].clone(),
-                    next.input.expect("later groups have an input"),
-                    spec.batch.size,
-                    spec.batch.linger,
-                    spec.max_parallelism,
-                ))
+            let tail = if gi != sink_group {
+                let routers = crate::graph::readers_of(&groups, gi)
+                    .into_iter()
+                    .map(|(reader, k)| {
+                        Router::new(
+                            channel_offsets[reader][k] + instance,
+                            instance,
+                            senders[reader].clone(),
+                            groups[reader].inputs[k].partitioning,
+                            spec.batch.size,
+                            spec.batch.linger,
+                            spec.max_parallelism,
+                        )
+                    })
+                    .collect();
+                Tail::Router(Fanout::new(routers))
             } else {
                 Tail::Sink(
                     main_sink
@@ -1095,6 +1132,7 @@ fn run_once(
                 cancel: cancel.clone(),
                 shared: shared.clone(),
                 job: spec.name.clone(),
+                source_name: group.source.clone().unwrap_or_default(),
             };
             let thread_name = name.clone();
             let body = move || -> Result<TaskStats, TaskError> {
@@ -1178,25 +1216,7 @@ fn run_once(
                 StateBackendKind::Memory => "memory",
                 StateBackendKind::Rocksdb => "rocksdb",
             },
-            on_complete: match &spec.source {
-                SourceSpec::Kafka(k) => match crate::connectors::kafka::GroupOffsets::new(k) {
-                    Ok(group) => Some(Box::new(move |m: &crate::checkpoint::Manifest| {
-                        let positions: Vec<_> = m
-                            .tasks
-                            .iter()
-                            .filter_map(|t| t.source.as_ref())
-                            .flat_map(|s| s.positions.iter().cloned())
-                            .collect();
-                        group.commit(&positions);
-                    })),
-                    Err(e) => {
-                        tracing::warn!(job = %spec.name, error = %e,
-                            "checkpointed offsets will not be committed to the consumer group");
-                        None
-                    }
-                },
-                _ => None,
-            },
+            on_complete: kafka_offset_commits(spec),
         },
         triggers,
         write_tx,
@@ -1360,8 +1380,17 @@ fn run_once(
         return Err(RunError::Failed(e));
     }
     let stats: Vec<TaskStats> = stats.into_iter().flatten().collect();
-    let source_tasks = groups[0].parallelism as usize;
-    let records_in = stats.iter().take(source_tasks).map(|s| s.records_in).sum();
+    // Source groups come first in the plan, so their tasks do.
+    let source_tasks: u32 = groups
+        .iter()
+        .filter(|g| g.source.is_some())
+        .map(|g| g.parallelism)
+        .sum();
+    let records_in = stats
+        .iter()
+        .take(source_tasks as usize)
+        .map(|s| s.records_in)
+        .sum();
     let blocked = stats.iter().map(|s| s.blocked).sum();
     let mut side_records = BTreeMap::new();
     for (op, sinks) in spec.operators.iter().zip(side_sinks.iter()) {
@@ -1394,18 +1423,49 @@ fn run_once(
     })
 }
 
+/// Commits the offsets of each complete checkpoint to the consumer groups
+/// of the job's Kafka sources (for lag monitoring).
+fn kafka_offset_commits(spec: &JobSpec) -> Option<crate::checkpoint::coordinator::CompleteHook> {
+    let mut groups = Vec::new();
+    for (name, source) in spec.all_sources() {
+        let SourceSpec::Kafka(k) = source else {
+            continue;
+        };
+        match crate::connectors::kafka::GroupOffsets::new(k) {
+            Ok(group) => groups.push((name.to_owned(), group)),
+            Err(e) => {
+                tracing::warn!(job = %spec.name, source = name, error = %e,
+                    "checkpointed offsets will not be committed to the consumer group");
+            }
+        }
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    Some(Box::new(move |m: &crate::checkpoint::Manifest| {
+        for (name, group) in &groups {
+            let positions: Vec<_> = m
+                .tasks
+                .iter()
+                .filter_map(|t| t.source.as_ref())
+                .filter(|s| s.name == *name)
+                .flat_map(|s| s.positions.iter().cloned())
+                .collect();
+            group.commit(&positions);
+        }
+    }))
+}
+
 /// A task group's name in task names and in the metrics' `task` label
-/// (`<name>#<instance>`): the source type for the first group, then the
-/// names of its operators, joined by `+`.
+/// (`<name>#<instance>`): for a source group the type of the job's
+/// `source` or the name of one of its `sources`, then the names of its
+/// operators, joined by `+`.
 pub fn group_name(spec: &JobSpec, group: &TaskGroup) -> String {
     let mut parts: Vec<&str> = Vec::new();
-    if group.input.is_none() {
-        parts.push(match spec.source {
-            SourceSpec::Generator(_) => "generator",
-            SourceSpec::File(_) => "file",
-            SourceSpec::Embedded(_) => "embedded",
-            SourceSpec::Kafka(_) => "kafka",
-        });
+    match group.source.as_deref() {
+        Some(crate::graph::spec::MAIN_SOURCE) => parts.push(spec.source.kind()),
+        Some(name) => parts.push(name),
+        None => {}
     }
     parts.extend(
         group

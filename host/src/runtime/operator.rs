@@ -169,6 +169,19 @@ pub trait Operator: Send {
     /// Handles a batch of records.
     fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError>;
 
+    /// Handles a batch of records from input `input` (0-based, in the
+    /// order of the spec's `from`) of an operator with several inputs. An
+    /// operator that treats its inputs alike (a union) keeps the default.
+    fn process_from(
+        &mut self,
+        input: u16,
+        batch: &RecordBatch,
+        out: &mut Output,
+    ) -> Result<(), OperatorError> {
+        let _ = input;
+        self.process(batch, out)
+    }
+
     /// The operator's watermark advanced: fire due event-time timers.
     fn advance_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<(), OperatorError> {
         let _ = (watermark, out);

@@ -44,6 +44,8 @@ pub struct Disconnected;
 
 pub struct Router {
     from: u32,
+    /// The sending task's instance index (a forward edge keeps it).
+    instance: u32,
     targets: Vec<Sender<Envelope>>,
     mode: Partitioning,
     buffers: Vec<RecordBatch>,
@@ -57,8 +59,11 @@ pub struct Router {
 }
 
 impl Router {
+    /// `from` is the sender's channel index at the receivers (its instance,
+    /// after the instances of the receivers' earlier inputs).
     pub fn new(
         from: u32,
+        instance: u32,
         targets: Vec<Sender<Envelope>>,
         mode: Partitioning,
         batch_size: usize,
@@ -70,6 +75,7 @@ impl Router {
             .collect();
         Router {
             from,
+            instance,
             targets,
             mode,
             buffers,
@@ -148,6 +154,15 @@ impl Router {
                         self.flush_target(t)?;
                     }
                 }
+                Partitioning::Forward if n > 1 => {
+                    // Planned only between equal parallelisms.
+                    let t = self.instance as usize % n;
+                    self.buffers[t].push(r.key, r.value, r.timestamp);
+                    self.buffers[t].merge_origin(batch.origin);
+                    if self.buffers[t].len() >= self.batch_size {
+                        self.flush_target(t)?;
+                    }
+                }
                 Partitioning::Rebalance | Partitioning::Forward => {
                     let t = self.round_robin % n;
                     self.round_robin = self.round_robin.wrapping_add(1);
@@ -198,5 +213,47 @@ impl Router {
             self.send(t, event())?;
         }
         Ok(())
+    }
+}
+
+/// A task's output to every task group that reads it: each gets every
+/// record, partitioned its own way.
+pub struct Fanout {
+    routers: Vec<Router>,
+}
+
+impl Fanout {
+    pub fn new(routers: Vec<Router>) -> Self {
+        Fanout { routers }
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), Disconnected> {
+        for r in &mut self.routers {
+            r.write(batch)?;
+        }
+        Ok(())
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.routers.iter().filter_map(Router::deadline).min()
+    }
+
+    pub fn flush_due(&mut self, now: Instant) -> Result<(), Disconnected> {
+        for r in &mut self.routers {
+            r.flush_due(now)?;
+        }
+        Ok(())
+    }
+
+    pub fn broadcast(&mut self, event: impl Fn() -> Event) -> Result<(), Disconnected> {
+        for r in &mut self.routers {
+            r.broadcast(&event)?;
+        }
+        Ok(())
+    }
+
+    /// Time spent waiting for full channels, over all readers.
+    pub fn blocked(&self) -> Duration {
+        self.routers.iter().map(|r| r.blocked).sum()
     }
 }

@@ -50,7 +50,7 @@ use crate::metrics::{OperatorMetrics, TaskMetrics};
 use crate::runtime::batch::RecordBatch;
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{Operator, OperatorError, Output, RejectedRecord};
-use crate::runtime::router::{Disconnected, Envelope, Event, Router};
+use crate::runtime::router::{Disconnected, Envelope, Event, Fanout};
 use crate::state::snapshot::KeyedSnapshot;
 use crate::time::{BoundedOutOfOrderness, InputWatermarks, now_millis};
 
@@ -100,6 +100,8 @@ pub struct TaskLink {
     pub cancel: Arc<AtomicBool>,
     pub shared: SharedCounters,
     pub job: String,
+    /// For a source task: which of the job's sources it reads.
+    pub source_name: String,
 }
 
 /// A task's snapshot and the bytes of its state file, if it has state.
@@ -169,13 +171,15 @@ pub enum Head {
     Input {
         receiver: Receiver<Envelope>,
         watermarks: InputWatermarks,
-        inputs: usize,
+        /// Per channel (sending instance): which input of the first
+        /// operator it belongs to.
+        channel_inputs: Vec<u16>,
     },
 }
 
 pub enum Tail {
     Sink(Box<dyn Sink>),
-    Router(Router),
+    Router(Fanout),
 }
 
 /// Figures every task of a job adds to.
@@ -259,6 +263,8 @@ pub struct Task {
     rejects: Rejects,
     rejected: Vec<RejectedRecord>,
     dead_letters: RecordBatch,
+    /// Which input of the first operator the batch being run came from.
+    head_input: u16,
 }
 
 impl Task {
@@ -305,6 +311,7 @@ impl Task {
             rejects: Rejects::default(),
             rejected: Vec::new(),
             dead_letters: RecordBatch::new(),
+            head_input: 0,
         }
     }
 
@@ -446,6 +453,7 @@ impl Task {
             return Ok(None);
         };
         Ok(Some(SourceSnapshot {
+            name: self.link.source_name.clone(),
             positions,
             max_timestamp: time.watermarks.max_timestamp(),
         }))
@@ -549,10 +557,10 @@ impl Task {
 
     fn report_blocked(&mut self) {
         if let Tail::Router(router) = &self.tail
-            && router.blocked > self.blocked_reported
+            && router.blocked() > self.blocked_reported
         {
-            let delta = router.blocked - self.blocked_reported;
-            self.blocked_reported = router.blocked;
+            let delta = router.blocked() - self.blocked_reported;
+            self.blocked_reported = router.blocked();
             self.metrics.backpressure.inc_by(delta.as_secs_f64());
         }
     }
@@ -586,7 +594,11 @@ impl Task {
             out.clear();
             let source = if i == from { input } else { &done[i - 1].main };
             let started = Instant::now();
-            self.operators[i].process(source, out)?;
+            if i == 0 && self.head_input != 0 {
+                self.operators[i].process_from(self.head_input, source, out)?;
+            } else {
+                self.operators[i].process(source, out)?;
+            }
             let m = &self.operator_metrics[i];
             m.batch_seconds.observe(started.elapsed().as_secs_f64());
             m.records_in.inc_by(source.len() as u64);
@@ -721,7 +733,7 @@ impl Task {
             Head::Input {
                 receiver: crossbeam_channel::never(),
                 watermarks: InputWatermarks::new(0),
-                inputs: 0,
+                channel_inputs: Vec::new(),
             },
         );
         let result = match head {
@@ -729,8 +741,8 @@ impl Task {
             Head::Input {
                 receiver,
                 watermarks,
-                inputs,
-            } => self.run_input(receiver, watermarks, inputs),
+                channel_inputs,
+            } => self.run_input(receiver, watermarks, channel_inputs),
         };
         let result = result.map_err(|e| match e {
             TaskError::PeerStopped { .. } => TaskError::PeerStopped {
@@ -739,7 +751,7 @@ impl Task {
             other => other,
         });
         if let Tail::Router(router) = &self.tail {
-            self.stats.blocked = router.blocked;
+            self.stats.blocked = router.blocked();
         }
         result.map(|()| self.stats.clone())
     }
@@ -831,9 +843,9 @@ impl Task {
         &mut self,
         receiver: Receiver<Envelope>,
         mut watermarks: InputWatermarks,
-        inputs: usize,
+        channel_inputs: Vec<u16>,
     ) -> Result<(), TaskError> {
-        let mut ended = vec![false; inputs];
+        let mut ended = vec![false; channel_inputs.len()];
         let mut alignment: Option<Alignment> = None;
         // Events of inputs whose barrier has arrived, during alignment.
         let mut held: VecDeque<Envelope> = VecDeque::new();
@@ -865,7 +877,10 @@ impl Task {
                     watermarks.activate(input);
                     self.metrics.idle_inputs.set(watermarks.idle_count() as i64);
                     self.stats.records_in += batch.len() as u64;
-                    self.run_chain(0, &batch)?;
+                    self.head_input = channel_inputs[input];
+                    let r = self.run_chain(0, &batch);
+                    self.head_input = 0;
+                    r?;
                 }
                 Event::Watermark(w) => {
                     if let Some(w) = watermarks.update(input, w) {

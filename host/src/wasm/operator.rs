@@ -345,6 +345,8 @@ pub struct WasmOperator {
     handle_slots: FxHashMap<u32, u32>,
     /// Per slot, per value state (slot-major): the stored value's handle.
     slot_handles: Vec<Option<ValueHandle>>,
+    /// Which input the records batch being processed came from.
+    input_index: u16,
 }
 
 fn fx_hash(key: &[u8]) -> u64 {
@@ -453,6 +455,9 @@ impl WasmOperator {
             now_millis(),
             self.value_ids.len() as u32,
         );
+        if kind == BatchKind::Records && self.input_index != 0 {
+            w.set_input(self.input_index);
+        }
         let states = self.value_ids.len();
         for (i, &slot) in call.slots.iter().enumerate() {
             w.slot_key(slot_key_in(&call.slot_bytes, slot));
@@ -830,6 +835,7 @@ impl WasmOperator {
             dedup: HashTable::new(),
             handle_slots: FxHashMap::default(),
             slot_handles: Vec::new(),
+            input_index: 0,
         })
     }
 
@@ -1001,6 +1007,18 @@ impl Operator for WasmOperator {
             return self.process_isolated(input, 0..input.len(), out);
         }
         self.process_range(input, 0..input.len(), out)
+    }
+
+    fn process_from(
+        &mut self,
+        input: u16,
+        batch: &RecordBatch,
+        out: &mut Output,
+    ) -> Result<(), OperatorError> {
+        self.input_index = input;
+        let r = self.process(batch, out);
+        self.input_index = 0;
+        r
     }
 
     fn advance_watermark(&mut self, watermark: i64, out: &mut Output) -> Result<(), OperatorError> {
