@@ -7,6 +7,7 @@ mod checkpoints;
 mod dashboard;
 mod deploy;
 mod examples;
+mod graphs;
 mod hotswap;
 mod kafka;
 mod keyed;
