@@ -104,6 +104,9 @@ struct Pending {
     started: Instant,
     acks: Vec<Option<(TaskSnapshot, Option<FileEntry>)>>,
     reply: Option<Sender<Result<PathBuf, CheckpointError>>>,
+    /// A savepoint to object storage: its folder's URL. `dir` is then a
+    /// local staging folder, uploaded (manifest last) once complete.
+    upload: Option<String>,
 }
 
 /// A savepoint or module swap asked for while another checkpoint was in
@@ -316,8 +319,23 @@ impl Coordinator {
         stop: bool,
         reply: Sender<Result<PathBuf, CheckpointError>>,
     ) {
-        let dir = target.join(format!("savepoint-{}-{}", self.config.job, self.next_id));
-        self.trigger(BarrierKind::Savepoint { stop }, dir, Some(reply), None);
+        let name = format!("savepoint-{}-{}", self.config.job, self.next_id);
+        if super::storage::is_remote(&target) {
+            let url = format!("{}/{name}", target.to_string_lossy().trim_end_matches('/'));
+            let staging = savepoint_staging().join(&name);
+            let _ = std::fs::remove_dir_all(&staging);
+            self.trigger(BarrierKind::Savepoint { stop }, staging, Some(reply), None);
+            if let Some(p) = &mut self.pending {
+                p.upload = Some(url);
+            }
+            return;
+        }
+        self.trigger(
+            BarrierKind::Savepoint { stop },
+            target.join(name),
+            Some(reply),
+            None,
+        );
     }
 
     fn trigger(
@@ -364,6 +382,7 @@ impl Coordinator {
             started: Instant::now(),
             acks: (0..self.finals.len()).map(|_| None).collect(),
             reply,
+            upload: None,
         });
         for task in 0..self.finals.len() {
             self.write_final_for_pending(task);
@@ -552,7 +571,19 @@ impl Coordinator {
             tasks,
             files,
         };
-        if let Err(e) = self.config.store.put_manifest(&p.dir, &manifest) {
+        let written = self
+            .config
+            .store
+            .put_manifest(&p.dir, &manifest)
+            .and_then(|()| match &p.upload {
+                Some(url) => super::remote::Remote::folder(url)?.upload_folder(
+                    &p.dir,
+                    "",
+                    super::manifest::MANIFEST,
+                ),
+                None => Ok(()),
+            });
+        if let Err(e) = written {
             self.pending = None;
             self.count_failure();
             tracing::warn!(job = %self.config.job, checkpoint = p.id, error = %e, "checkpoint aborted");
@@ -591,10 +622,22 @@ impl Coordinator {
         {
             tracing::warn!(job = %self.config.job, error = %e, "cannot delete old checkpoints");
         }
+        let location = match &p.upload {
+            Some(url) => {
+                let _ = std::fs::remove_dir_all(&*p.dir);
+                PathBuf::from(url)
+            }
+            None => (*p.dir).clone(),
+        };
         if let Some(reply) = p.reply {
-            let _ = reply.send(Ok((*p.dir).clone()));
+            let _ = reply.send(Ok(location));
         }
     }
+}
+
+/// Where savepoints bound for object storage are written before the upload.
+fn savepoint_staging() -> PathBuf {
+    std::env::temp_dir().join("weir-savepoint-staging")
 }
 
 fn snapshot_kind(kind: BarrierKind) -> SnapshotKind {

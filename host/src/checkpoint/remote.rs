@@ -43,8 +43,18 @@ fn remote_error(url: &str, e: impl std::fmt::Display) -> CheckpointError {
 }
 
 impl Remote {
-    /// `url` is `s3://bucket[/prefix]`.
+    /// A job's checkpoints: `url` is `s3://bucket[/prefix]`, the job's
+    /// folder is `prefix/job`.
     pub fn new(url: &str, job: &str) -> Result<Self, CheckpointError> {
+        Self::open(url, Some(job))
+    }
+
+    /// The folder `url` itself (`s3://bucket/prefix`), e.g. a savepoint's.
+    pub fn folder(url: &str) -> Result<Self, CheckpointError> {
+        Self::open(url, None)
+    }
+
+    fn open(url: &str, job: Option<&str>) -> Result<Self, CheckpointError> {
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| remote_error(url, "only s3:// URLs are supported"))?;
@@ -68,10 +78,13 @@ impl Remote {
             .build()
             .map_err(|e| remote_error(url, e))?;
         let prefix = prefix.trim_matches('/');
-        let root = if prefix.is_empty() {
-            job.to_owned()
-        } else {
-            format!("{prefix}/{job}")
+        let root = match job {
+            Some(job) if prefix.is_empty() => job.to_owned(),
+            Some(job) => format!("{prefix}/{job}"),
+            None if prefix.is_empty() => {
+                return Err(remote_error(url, "the URL names no folder in the bucket"));
+            }
+            None => prefix.to_owned(),
         };
         Ok(Remote {
             url: format!("s3://{bucket}/{root}"),
@@ -112,6 +125,34 @@ impl Remote {
                 Err(e) => Err(remote_error(&url, e)),
             }
         })
+    }
+
+    /// Uploads the files of local folder `dir` (not recursively) below
+    /// `relative`, `last` after all the others.
+    pub fn upload_folder(
+        &self,
+        dir: &std::path::Path,
+        relative: &str,
+        last: &str,
+    ) -> Result<(), CheckpointError> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(super::io_error(dir))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        names.sort_by_key(|n| (n == last, n.clone()));
+        for name in names {
+            let path = dir.join(&name);
+            let bytes = std::fs::read(&path).map_err(super::io_error(&path))?;
+            let key = if relative.is_empty() {
+                name
+            } else {
+                format!("{relative}/{name}")
+            };
+            self.put(&key, bytes)?;
+        }
+        Ok(())
     }
 
     /// Names of the "folders" directly below the job's root.

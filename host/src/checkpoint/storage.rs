@@ -224,34 +224,7 @@ impl CheckpointStore {
             tracing::info!(checkpoint = id, "restoring from the intact local copy");
             return local;
         }
-        let folder = format!("chk-{id:010}");
-        let missing = |what: &str| CheckpointError::Corrupt {
-            path: dir.clone(),
-            problem: format!("{what} is missing from {}/{folder}", remote.url()),
-        };
-        let manifest = remote
-            .get(&format!("{folder}/{MANIFEST}"))?
-            .ok_or_else(|| missing(MANIFEST))?;
-        let parsed: Manifest =
-            serde_json::from_slice(&manifest).map_err(|e| CheckpointError::Corrupt {
-                path: dir.clone(),
-                problem: format!("{MANIFEST} does not parse: {e}"),
-            })?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        for file in &parsed.files {
-            if file.name.contains('/') || file.name.contains("..") {
-                return Err(CheckpointError::Corrupt {
-                    path: dir.clone(),
-                    problem: format!("file name `{}` leaves the folder", file.name),
-                });
-            }
-            let bytes = remote
-                .get(&format!("{folder}/{}", file.name))?
-                .ok_or_else(|| missing(&file.name))?;
-            write_file(&dir, &file.name, &bytes)?;
-        }
-        write_file(&dir, MANIFEST, &manifest)?;
+        download(remote, &format!("chk-{id:010}"), &dir)?;
         tracing::info!(checkpoint = id, from = %remote.url(), "downloaded checkpoint");
         LoadedCheckpoint::load(&dir)
     }
@@ -294,6 +267,45 @@ impl CheckpointStore {
     }
 }
 
+/// Copies the checkpoint or savepoint in `folder` below the remote's root
+/// into local folder `dir` (replacing it), the files its manifest lists and
+/// the manifest; checksums are checked by the load that follows.
+fn download(remote: &Remote, folder: &str, dir: &Path) -> Result<(), CheckpointError> {
+    let prefix = if folder.is_empty() {
+        String::new()
+    } else {
+        format!("{folder}/")
+    };
+    let missing = |what: &str| CheckpointError::Corrupt {
+        path: dir.to_owned(),
+        problem: format!("{what} is missing from {}/{folder}", remote.url()),
+    };
+    let manifest = remote
+        .get(&format!("{prefix}{MANIFEST}"))?
+        .ok_or_else(|| missing(MANIFEST))?;
+    let parsed: Manifest =
+        serde_json::from_slice(&manifest).map_err(|e| CheckpointError::Corrupt {
+            path: dir.to_owned(),
+            problem: format!("{MANIFEST} does not parse: {e}"),
+        })?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    for file in &parsed.files {
+        if file.name.contains('/') || file.name.contains("..") {
+            return Err(CheckpointError::Corrupt {
+                path: dir.to_owned(),
+                problem: format!("file name `{}` leaves the folder", file.name),
+            });
+        }
+        let bytes = remote
+            .get(&format!("{prefix}{}", file.name))?
+            .ok_or_else(|| missing(&file.name))?;
+        write_file(dir, &file.name, &bytes)?;
+    }
+    write_file(dir, MANIFEST, &manifest)?;
+    Ok(())
+}
+
 /// A verified checkpoint or savepoint, its files in memory.
 #[derive(Debug)]
 pub struct LoadedCheckpoint {
@@ -303,6 +315,27 @@ pub struct LoadedCheckpoint {
 }
 
 impl LoadedCheckpoint {
+    /// Reads and verifies a savepoint (or checkpoint) folder: a local one,
+    /// or `s3://bucket/prefix/savepoint-...`, downloaded first into a local
+    /// folder of the same name below the system's temp folder.
+    pub fn open(location: &Path) -> Result<Self, CheckpointError> {
+        if !is_remote(location) {
+            return Self::load(location);
+        }
+        let url = location.to_string_lossy();
+        let url = url.trim_end_matches('/');
+        let remote = Remote::folder(url)?;
+        let name = url.rsplit('/').next().unwrap_or("savepoint");
+        let dir = std::env::temp_dir()
+            .join("weir-savepoint-downloads")
+            .join(name);
+        download(&remote, "", &dir)?;
+        tracing::info!(from = %url, to = %dir.display(), "downloaded savepoint");
+        let mut loaded = Self::load(&dir)?;
+        loaded.dir = location.to_owned();
+        Ok(loaded)
+    }
+
     /// Reads and verifies a checkpoint or savepoint folder.
     pub fn load(dir: &Path) -> Result<Self, CheckpointError> {
         let json = std::fs::read(dir.join(MANIFEST)).map_err(|e| CheckpointError::Corrupt {

@@ -993,6 +993,13 @@ impl JobSpec {
                     "`source` names the job's `source`; give this one another name",
                 ));
             }
+            if ["generator", "file", "embedded", "kafka"].contains(&name.as_str()) {
+                // Task names start with the job's `source`'s type.
+                return Err(invalid(
+                    field,
+                    "a source type cannot name a source; give this one another name",
+                ));
+            }
             if matches!(source, SourceSpec::Embedded(_)) {
                 return Err(invalid(field, "only the job's `source` can be `embedded`"));
             }

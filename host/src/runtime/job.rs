@@ -547,7 +547,7 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
         .map(|c| CheckpointStore::open(&c.dir, &c.local_dir, &spec.name))
         .transpose()?;
     let initial = match (&options.restore, &store) {
-        (RestoreFrom::Savepoint(path), _) => Some(Arc::new(LoadedCheckpoint::load(path)?)),
+        (RestoreFrom::Savepoint(path), _) => Some(Arc::new(LoadedCheckpoint::open(path)?)),
         (RestoreFrom::Latest, Some(store)) => {
             let (latest, _skipped) = store.latest_usable()?;
             latest.map(Arc::new)

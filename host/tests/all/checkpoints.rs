@@ -526,6 +526,47 @@ fn checkpoints_in_an_s3_compatible_store_restore_after_kills_with_or_without_loc
 #[test]
 fn sigterm_stops_weir_run_with_a_savepoint_that_resumes_at_another_parallelism() {
     let tmp = TempDir::new("sigterm");
+    let savepoints = tmp.path("savepoints");
+    let savepoint = stop_by_sigterm_and_resume(&tmp, savepoints.to_str().unwrap(), &[]);
+    assert!(
+        savepoint.starts_with(savepoints.to_str().unwrap()),
+        "{savepoint}"
+    );
+}
+
+#[test]
+fn a_savepoint_in_an_s3_compatible_store_resumes_at_another_parallelism() {
+    let s3 = S3Server::start();
+    assert!(s3.request("PUT", "/weir").starts_with("HTTP/1.1 200"));
+    let tmp = TempDir::new("sigterm-s3");
+    let envs = [
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s3.port)),
+    ];
+    let savepoint = stop_by_sigterm_and_resume(&tmp, "s3://weir/savepoints", &envs);
+    assert!(
+        savepoint.starts_with("s3://weir/savepoints/savepoint-sigterm-"),
+        "{savepoint}"
+    );
+    let listing = s3.request("GET", "/weir?list-type=2&prefix=savepoints/");
+    assert!(listing.contains("/manifest.json"), "{listing}");
+    assert!(listing.contains(".state"), "{listing}");
+    let name = savepoint.rsplit('/').next().unwrap();
+    assert!(
+        !std::env::temp_dir()
+            .join("weir-savepoint-staging")
+            .join(name)
+            .exists(),
+        "the staging copy is removed after the upload"
+    );
+}
+
+/// Runs a keyed count with `weir run --savepoint-on-signal TARGET` at
+/// parallelism 2, stops it with SIGTERM part way, resumes the savepoint at
+/// 3 and checks the whole output; returns the savepoint's location.
+fn stop_by_sigterm_and_resume(tmp: &TempDir, target: &str, envs: &[(&str, String)]) -> String {
     let out = tmp.path("out");
     let (events, keys) = (400_000, 59);
     let checkpoint = format!(
@@ -543,10 +584,10 @@ fn sigterm_stops_weir_run_with_a_savepoint_that_resumes_at_another_parallelism()
     };
     let spec = tmp.path("job.yaml");
     std::fs::write(&spec, spec_text(2)).unwrap();
-    let savepoints = tmp.path("savepoints");
     let child = weir_run(&spec)
         .arg("--savepoint-on-signal")
-        .arg(&savepoints)
+        .arg(target)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -557,12 +598,12 @@ fn sigterm_stops_weir_run_with_a_savepoint_that_resumes_at_another_parallelism()
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    let savepoint = std::fs::read_dir(&savepoints)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .next()
-        .unwrap_or_else(|| panic!("no savepoint written; stderr: {stderr}"));
-    assert!(stderr.contains("stopped with savepoint"), "{stderr}");
+    let savepoint = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("stopped with savepoint "))
+        .unwrap_or_else(|| panic!("no savepoint written; stderr: {stderr}"))
+        .trim()
+        .to_owned();
     let partial = committed_lines(&out).len();
     assert!(
         partial > 0 && partial < events as usize,
@@ -573,6 +614,7 @@ fn sigterm_stops_weir_run_with_a_savepoint_that_resumes_at_another_parallelism()
     let status = weir_run(&spec)
         .arg("--from-savepoint")
         .arg(&savepoint)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .status()
         .unwrap();
     assert!(status.success());
@@ -581,6 +623,7 @@ fn sigterm_stops_weir_run_with_a_savepoint_that_resumes_at_another_parallelism()
         &expected_counts(events, keys),
         "stopped at 2 by SIGTERM, resumed at 3",
     );
+    savepoint
 }
 
 #[test]

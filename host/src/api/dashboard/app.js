@@ -501,16 +501,34 @@ function graphSvg(graph, live, now) {
   const SIDE_DY = 64;
   // Side-output sinks have no figures of their own: a shorter box.
   const height = (n) => (live.has(n.id) ? H : 50);
+  const ROW_GAP = 40;
   const main = graph.nodes.filter((n) => !n.id.startsWith('side:'));
   const pos = new Map();
-  main.forEach((n, i) => pos.set(n.id, { x: PAD + i * (W + GAP), y: TOP }));
+  // Layers: a node's column is one past its deepest input (nodes come in
+  // topological order); it keeps its first input's row when that is free, so
+  // a chain stays on one line.
+  const column = new Map();
+  const taken = new Map();
+  const rowOf = new Map();
+  for (const n of main) {
+    const inputs = graph.edges.filter((e) => e.to === n.id && !e.side_output).map((e) => e.from);
+    const c = inputs.length ? Math.max(...inputs.map((i) => (column.get(i) ?? 0) + 1)) : 0;
+    column.set(n.id, c);
+    if (!taken.has(c)) taken.set(c, new Set());
+    let r = inputs.length ? rowOf.get(inputs[0]) ?? 0 : 0;
+    while (taken.get(c).has(r)) r += 1;
+    taken.get(c).add(r);
+    rowOf.set(n.id, r);
+    pos.set(n.id, { x: PAD + c * (W + GAP), y: TOP + r * (H + ROW_GAP) });
+  }
+  const mainBottom = Math.max(...main.map((n) => pos.get(n.id).y));
   const sideEdges = graph.edges.filter((e) => e.side_output);
   const perOperator = new Map();
   for (const e of sideEdges) {
     const k = perOperator.get(e.from) || 0;
     perOperator.set(e.from, k + 1);
     const from = pos.get(e.from);
-    pos.set(e.to, { x: from.x + k * (W + 20), y: TOP + H + SIDE_DY });
+    pos.set(e.to, { x: from.x + k * (W + 20), y: mainBottom + H + SIDE_DY });
   }
   const xs = [...pos.values()].map((p) => p.x + W);
   const width = Math.max(...xs) + PAD;
@@ -552,9 +570,13 @@ function graphSvg(graph, live, now) {
       parts.push(`<path class="${cls}" d="M${x0},${a.y + H} C${x0},${a.y + H + 30} ${x},${b.y - 30} ${x},${b.y}" marker-end="${marker}"/>
         <text class="edge-label" x="${(x0 + x) / 2 + 6}" y="${a.y + H + SIDE_DY / 2 + 4}">${esc(label)}</text>`);
     } else {
-      const y = a.y + H / 2;
-      parts.push(`<line class="${cls}" x1="${a.x + W}" y1="${y}" x2="${b.x - 2}" y2="${y}" marker-end="${marker}"/>
-        <text class="edge-label${net ? ' net' : ''}" x="${(a.x + W + b.x) / 2}" y="${y - 7}" text-anchor="middle">${esc(label)}</text>`);
+      const y0 = a.y + H / 2;
+      const y1 = b.y + H / 2;
+      const x0 = a.x + W;
+      const x1 = b.x - 2;
+      const mid = (x0 + x1) / 2;
+      parts.push(`<path class="${cls}" d="M${x0},${y0} C${mid},${y0} ${mid},${y1} ${x1},${y1}" fill="none" marker-end="${marker}"/>
+        <text class="edge-label${net ? ' net' : ''}" x="${mid}" y="${(y0 + y1) / 2 - 7}" text-anchor="middle">${esc(label)}</text>`);
     }
   }
 
