@@ -25,7 +25,11 @@ struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { small: 1.0, large: 500.0, window_ms: 60_000 }
+        Config {
+            small: 1.0,
+            large: 500.0,
+            window_ms: 60_000,
+        }
     }
 }
 
@@ -41,7 +45,10 @@ impl Operator for FraudDetector {
             [] => Config::default(),
             bytes => serde_json::from_slice(bytes)?,
         };
-        Ok(FraudDetector { config, small_seen: setup.value_state("small-seen") })
+        Ok(FraudDetector {
+            config,
+            small_seen: setup.value_state("small-seen"),
+        })
     }
 
     fn process(&mut self, record: Record<'_>, ctx: &mut Context<'_>) -> Result<()> {
@@ -61,7 +68,10 @@ impl Operator for FraudDetector {
                 ctx.emit(record.key, alert);
             }
             ctx.clear(&self.small_seen);
-            ctx.delete_timer(small_at + self.config.window_ms, weir_sdk::TimeDomain::EventTime);
+            ctx.delete_timer(
+                small_at + self.config.window_ms,
+                weir_sdk::TimeDomain::EventTime,
+            );
         }
         if tx.amount < self.config.small {
             ctx.set(&self.small_seen, &record.timestamp);

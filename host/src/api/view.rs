@@ -90,6 +90,7 @@ fn source_name(source: &SourceSpec) -> (&'static str, Option<String>) {
         SourceSpec::File(f) => ("file", Some(f.path.display().to_string())),
         SourceSpec::Embedded(_) => ("embedded", None),
         SourceSpec::Kafka(k) => ("kafka", Some(k.topic.clone())),
+        SourceSpec::Nexmark(_) => ("nexmark", None),
     }
 }
 

@@ -14,13 +14,19 @@
 //! With `--state rocksdb`, the Wasm workload also runs with memory state as
 //! the baseline (`rocksdb_vs_memory`). Peak RSS is measured per variant: the
 //! kernel's high-water mark is reset before each one.
+//!
+//! The `nexmark-*` workloads run the Nexmark example jobs (see [`nexmark`])
+//! and check their output against a native model of each query: record
+//! count and an order-independent digest of (key, value, event time).
+
+pub mod nexmark;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::graph::spec::{CheckpointSpec, JobSpec, RocksDbSpec, StateBackendKind};
+use crate::graph::spec::{CheckpointSpec, JobSpec, RocksDbSpec, SinkSpec, StateBackendKind};
 use crate::runtime::{JobEnv, JobError, JobReport, RestoreFrom, StartOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -32,6 +38,18 @@ pub enum Workload {
     /// key = i % 10000, event time = i ms, count per key in 1-second
     /// tumbling event-time windows, watermark out-of-orderness 0.
     WindowCount,
+    /// Nexmark q0: pass-through (examples/nexmark/q0).
+    NexmarkQ0,
+    /// Nexmark q1: bids, price in euros.
+    NexmarkQ1,
+    /// Nexmark q2: bids on every 123rd auction.
+    NexmarkQ2,
+    /// Nexmark q5: hot items, per 10 s window sliding by 2 s.
+    NexmarkQ5,
+    /// Nexmark q7: highest bid per 10 s window.
+    NexmarkQ7,
+    /// Nexmark q8: new users (a two-input join of persons and auctions).
+    NexmarkQ8,
 }
 
 #[derive(Clone, Debug)]
@@ -101,15 +119,34 @@ impl Workload {
             Workload::Passthrough => "passthrough",
             Workload::KeyedCount => "keyed-count",
             Workload::WindowCount => "window-count",
+            w => w.nexmark().expect("a Nexmark workload").name(),
         }
+    }
+
+    /// The Nexmark query of a `nexmark-*` workload.
+    fn nexmark(self) -> Option<nexmark::Query> {
+        Some(match self {
+            Workload::NexmarkQ0 => nexmark::Query::Q0,
+            Workload::NexmarkQ1 => nexmark::Query::Q1,
+            Workload::NexmarkQ2 => nexmark::Query::Q2,
+            Workload::NexmarkQ5 => nexmark::Query::Q5,
+            Workload::NexmarkQ7 => nexmark::Query::Q7,
+            Workload::NexmarkQ8 => nexmark::Query::Q8,
+            _ => return None,
+        })
     }
 
     /// Whether a native twin of the workload's operator exists.
     fn has_native(self) -> bool {
-        !matches!(self, Workload::WindowCount)
+        !matches!(self, Workload::WindowCount) && self.nexmark().is_none()
     }
 
     fn spec(self, o: &BenchOptions, native: bool) -> JobSpec {
+        if let Some(q) = self.nexmark() {
+            let mut spec = q.job(o.events, o.parallelism, SinkSpec::Discard { rate: None });
+            spec.batch.size = o.batch_size;
+            return spec;
+        }
         let operator = match (self, native) {
             (Workload::Passthrough, false) => "{name: op, module: passthrough}",
             (Workload::Passthrough, true) => "{name: op, native: passthrough}",
@@ -118,6 +155,7 @@ impl Workload {
             (Workload::WindowCount, _) => {
                 "{name: op, module: window-count, input: key, window: {type: tumbling, size: 1s}}"
             }
+            _ => unreachable!("Nexmark workloads returned above"),
         };
         let text = format!(
             "name: bench-{}\nparallelism: {}\nbatch: {{size: {}}}\n\
@@ -154,6 +192,7 @@ impl Workload {
             // window) holds exactly one event.
             Workload::WindowCount if keys >= 1000 => (events, events),
             Workload::WindowCount => return Ok(()),
+            _ => return Ok(()), // checked by `check_nexmark`
         };
         if report.sink_records != records || report.sink_value_sum != sum {
             return Err(format!(
@@ -259,7 +298,8 @@ fn measure(
     });
     let warmup = JobSpec {
         source: match &spec.source {
-            crate::graph::spec::SourceSpec::Generator(_) => {
+            crate::graph::spec::SourceSpec::Generator(_)
+            | crate::graph::spec::SourceSpec::Nexmark(_) => {
                 workload
                     .spec(
                         &BenchOptions {
@@ -275,6 +315,10 @@ fn measure(
         ..spec.clone()
     };
     run_fresh(&warmup, env)?;
+    // The model's count and digest, computed once (it generates every event).
+    let expected = workload
+        .nexmark()
+        .map(|q| (q, nexmark::expected(q, o.events)));
     let mut out = Vec::new();
     for _ in 0..o.runs.max(1) {
         reset_peak_rss();
@@ -282,16 +326,30 @@ fn measure(
         let report = run_fresh(&spec, env)?;
         let cpu = cpu_seconds() - cpu0;
         let peak_rss = peak_rss_bytes();
-        workload
-            .check(o.events, o.keys, &report)
-            .map_err(|problem| BenchError::WrongOutput {
-                workload: format!(
-                    "{}{}",
-                    workload.name(),
-                    if native { " (native)" } else { "" }
-                ),
-                problem,
-            })?;
+        let checked = match expected {
+            Some((q, (records, digest))) => {
+                if report.sink_records == records && report.sink_digest == digest {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected {records} records with digest {digest:x} (native model of {}), \
+                         got {} with digest {:x}",
+                        q.name(),
+                        report.sink_records,
+                        report.sink_digest
+                    ))
+                }
+            }
+            None => workload.check(o.events, o.keys, &report),
+        };
+        checked.map_err(|problem| BenchError::WrongOutput {
+            workload: format!(
+                "{}{}",
+                workload.name(),
+                if native { " (native)" } else { "" }
+            ),
+            problem,
+        })?;
         out.push(Measured {
             seconds: report.elapsed.as_secs_f64(),
             cpu_seconds: cpu,

@@ -16,6 +16,7 @@
 pub mod file;
 pub mod generator;
 pub mod kafka;
+pub mod nexmark;
 pub mod sinks;
 
 use std::path::PathBuf;
@@ -166,6 +167,9 @@ pub fn build_source(
             assignment,
         )?),
         SourceSpec::Kafka(k) => Box::new(kafka::KafkaSource::open(k, assignment)?),
+        SourceSpec::Nexmark(n) => Box::new(
+            nexmark::NexmarkSource::new(n.events, n.events_per_ms, assignment).with_rate(n.rate),
+        ),
         SourceSpec::Embedded(_) => return Err(ConnectorError::NoEmbeddedSource),
     })
 }

@@ -117,6 +117,16 @@ pub struct SinkMode {
 pub struct SinkTotals {
     pub records: AtomicU64,
     pub value_sum: AtomicU64,
+    /// The wrapping sum of [`record_digest`] over the records: equal for
+    /// equal multisets of records, whatever their order.
+    pub digest: AtomicU64,
+}
+
+/// A hash of one record (key, value and event time), summed into
+/// [`SinkTotals::digest`].
+pub fn record_digest(key: &[u8], value: &[u8], timestamp: i64) -> u64 {
+    use xxhash_rust::xxh3::xxh3_64_with_seed;
+    xxh3_64_with_seed(value, xxh3_64_with_seed(key, timestamp as u64))
 }
 
 enum Target {
@@ -327,16 +337,18 @@ impl Sink for SinkInstance {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut sum = 0u64;
+        let (mut sum, mut digest) = (0u64, 0u64);
         for r in batch.iter() {
             if let Ok(v) = <[u8; 8]>::try_from(r.value) {
                 sum = sum.wrapping_add(u64::from_le_bytes(v));
             }
+            digest = digest.wrapping_add(record_digest(r.key, r.value, r.timestamp));
         }
         self.totals
             .records
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.totals.value_sum.fetch_add(sum, Ordering::Relaxed);
+        self.totals.digest.fetch_add(digest, Ordering::Relaxed);
         if let Some((rate, since, taken)) = &mut self.pace {
             *taken += batch.len() as u64;
             let due = std::time::Duration::from_secs_f64(*taken as f64 / *rate as f64);

@@ -301,6 +301,26 @@ pub enum SourceSpec {
     Embedded(EmbeddedSource),
     /// A Kafka topic, its partitions split across the instances.
     Kafka(KafkaSourceSpec),
+    /// The Nexmark benchmark's persons, auctions and bids.
+    Nexmark(NexmarkSource),
+}
+
+/// `{type: nexmark, events: N, events_per_ms: 1}`: event `n` of `0..events`
+/// is a person, auction or bid (1 : 3 : 46) at event time `n /
+/// events_per_ms` ms (see `connectors::nexmark`). Instance `k` of `p` emits
+/// `n = k, k + p, k + 2p, ...`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NexmarkSource {
+    pub events: u64,
+    #[serde(default = "one_u64")]
+    pub events_per_ms: u64,
+    /// Events per second per instance, at most (none: as fast as possible).
+    #[serde(default)]
+    pub rate: Option<u64>,
+    pub parallelism: Option<u32>,
+    #[serde(default)]
+    pub watermark: WatermarkSpec,
 }
 
 /// `{type: kafka, brokers: host:9092, topic: clicks, start: earliest}`.
@@ -437,8 +457,9 @@ impl<'de> Deserialize<'de> for SourceSpec {
             "file" => tagged_body(body).map(SourceSpec::File),
             "embedded" => tagged_body(body).map(SourceSpec::Embedded),
             "kafka" => tagged_body(body).map(SourceSpec::Kafka),
+            "nexmark" => tagged_body(body).map(SourceSpec::Nexmark),
             other => Err(serde::de::Error::custom(format!(
-                "unknown source type `{other}`, expected `generator`, `file`, `kafka` or `embedded`"
+                "unknown source type `{other}`, expected `generator`, `file`, `kafka`, `nexmark` or `embedded`"
             ))),
         }
     }
@@ -1301,6 +1322,23 @@ impl JobSpec {
                     check_parallelism(&format!("{field}.parallelism"), p, self.max_parallelism)?;
                 }
             }
+            SourceSpec::Nexmark(n) => {
+                if n.events_per_ms == 0 {
+                    return Err(invalid(
+                        format!("{field}.events_per_ms"),
+                        "must be at least 1",
+                    ));
+                }
+                if n.rate.is_some_and(|r| r == 0) {
+                    return Err(invalid(
+                        format!("{field}.rate"),
+                        "must be at least 1 event per second",
+                    ));
+                }
+                if let Some(p) = n.parallelism {
+                    check_parallelism(&format!("{field}.parallelism"), p, self.max_parallelism)?;
+                }
+            }
         }
         Ok(())
     }
@@ -1335,6 +1373,7 @@ impl JobSpec {
             SourceSpec::File(_) => 1,
             SourceSpec::Embedded(e) => e.parallelism.unwrap_or(self.parallelism),
             SourceSpec::Kafka(k) => k.parallelism.unwrap_or(self.parallelism),
+            SourceSpec::Nexmark(n) => n.parallelism.unwrap_or(self.parallelism),
         }
     }
 }
@@ -1346,6 +1385,7 @@ impl SourceSpec {
             SourceSpec::File(f) => f.watermark,
             SourceSpec::Embedded(e) => e.watermark,
             SourceSpec::Kafka(k) => k.watermark,
+            SourceSpec::Nexmark(n) => n.watermark,
         }
     }
 
@@ -1356,6 +1396,7 @@ impl SourceSpec {
             SourceSpec::File(_) => "file",
             SourceSpec::Embedded(_) => "embedded",
             SourceSpec::Kafka(_) => "kafka",
+            SourceSpec::Nexmark(_) => "nexmark",
         }
     }
 }

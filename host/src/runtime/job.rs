@@ -128,6 +128,9 @@ pub struct JobReport {
     pub sink_records: u64,
     /// Sum of sink values that are 8-byte little-endian u64s.
     pub sink_value_sum: u64,
+    /// Order-independent digest of the sink's records
+    /// ([`crate::connectors::sinks::record_digest`]).
+    pub sink_digest: u64,
     /// Records per side output (`operator.side-output`) that reached a sink.
     pub side_records: BTreeMap<String, u64>,
     /// Records emitted to side outputs that have no sink in the spec.
@@ -1405,6 +1408,7 @@ fn run_once(
         records_in,
         sink_records: main_sink.totals.records.load(Ordering::Relaxed),
         sink_value_sum: main_sink.totals.value_sum.load(Ordering::Relaxed),
+        sink_digest: main_sink.totals.digest.load(Ordering::Relaxed),
         side_records,
         unrouted_side_records: shared.unrouted_side_records.load(Ordering::Relaxed),
         far_future_records: shared.far_future_records.load(Ordering::Relaxed),

@@ -12,6 +12,7 @@ mod hotswap;
 mod kafka;
 mod keyed;
 mod metrics;
+mod nexmark;
 mod poison;
 mod runtime;
 mod sandbox;

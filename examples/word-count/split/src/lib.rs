@@ -3,7 +3,10 @@
 
 weir_sdk::stateless!(|record, ctx| {
     let line = record.value_str()?;
-    for word in line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+    for word in line
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
         ctx.emit(word.to_lowercase(), "1");
     }
     Ok(())
