@@ -7,19 +7,23 @@
 //! and send them over bounded channels of 16 batches to P tasks running the
 //! native `keyed-count` operator on the memory state backend. Only the
 //! scheduling differs:
-//! - `threads`: one OS thread per task, crossbeam channels, a blocking receive
-//!   (the runtime's model);
+//! - `threads`: one OS thread per task, the runtime's own `Router` and
+//!   crossbeam channels (a full channel is polled with short sleeps), a
+//!   blocking receive: the runtime's model;
 //! - `tokio`: one async task per task on a multi-threaded tokio runtime with
 //!   one worker per core, tokio's bounded mpsc channels (`send().await`
-//!   suspends a producer whose channel is full).
+//!   suspends a producer whose channel is full), records partitioned into
+//!   per-target batches by a loop written for the benchmark (leaner than the
+//!   router, which favours tokio if anything).
 //!
 //! Run: `cargo bench -p weir --bench scheduling -- [EVENTS] [RUNS]`. Prints
 //! one JSON line per (variant, parallelism) with the median events/s and CPU
 //! seconds of `RUNS` runs, then a table.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use weir::graph::{instance_for_key_group, key_group, key_group_range};
+use weir::graph::{Partitioning, instance_for_key_group, key_group, key_group_range};
+use weir::runtime::router::{Envelope, Event, Router};
 use weir::runtime::{InstanceInfo, Operator, Output, RecordBatch};
 use weir::state::MemoryBackend;
 
@@ -29,7 +33,7 @@ const CHANNEL_BATCHES: usize = 16;
 const MAX_PARALLELISM: u32 = 128;
 
 fn counter(instance: u32, parallelism: u32) -> Box<dyn Operator> {
-    let key_groups = key_group_range(instance, parallelism, MAX_PARALLELISM);
+    let key_groups = key_group_range(instance, MAX_PARALLELISM, parallelism);
     let info = InstanceInfo {
         job: "scheduling".into(),
         operator: "count".into(),
@@ -53,9 +57,9 @@ fn count_batch(op: &mut dyn Operator, out: &mut Output, batch: &RecordBatch) -> 
     out.main.len() as u64
 }
 
-fn run_threads(parallelism: u32, events: u64) -> u64 {
+fn run_threads(parallelism: u32, events: u64, cores: usize) -> u64 {
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..parallelism)
-        .map(|_| crossbeam_channel::bounded::<RecordBatch>(CHANNEL_BATCHES))
+        .map(|_| crossbeam_channel::bounded::<Envelope>(CHANNEL_BATCHES))
         .unzip();
     let consumers: Vec<_> = receivers
         .into_iter()
@@ -65,8 +69,16 @@ fn run_threads(parallelism: u32, events: u64) -> u64 {
                 let mut op = counter(instance as u32, parallelism);
                 let mut out = Output::default();
                 let mut emitted = 0;
-                while let Ok(batch) = rx.recv() {
-                    emitted += count_batch(op.as_mut(), &mut out, &batch);
+                let mut ended = 0;
+                while ended < parallelism {
+                    let envelope = rx.recv().expect("producers end with End");
+                    match envelope.event {
+                        Event::Records(batch) => {
+                            emitted += count_batch(op.as_mut(), &mut out, &batch);
+                        }
+                        Event::End => ended += 1,
+                        _ => {}
+                    }
                 }
                 emitted
             })
@@ -76,13 +88,31 @@ fn run_threads(parallelism: u32, events: u64) -> u64 {
         .map(|instance| {
             let senders = senders.clone();
             std::thread::spawn(move || {
-                let mut pending = Vec::new();
-                for (from, to) in chunks(events, parallelism) {
-                    generate_range(instance, parallelism, from, to, &mut pending);
-                    for (t, b) in pending.drain(..) {
-                        senders[t].send(b).expect("consumer runs");
+                // The runtime's own router: per-target batches, a sender
+                // that polls a full channel with short sleeps.
+                let mut router = Router::new(
+                    instance,
+                    instance,
+                    senders,
+                    Partitioning::Key,
+                    BATCH,
+                    Duration::from_millis(5),
+                    MAX_PARALLELISM,
+                );
+                // The runtime's rule: block on a full channel when there are
+                // more task threads than cores.
+                router.block_when_full = 2 * parallelism as usize > cores;
+                let mut batch = RecordBatch::with_capacity(BATCH, BATCH * 32);
+                let mut i = u64::from(instance);
+                while i < events {
+                    batch.clear();
+                    while i < events && batch.len() < BATCH {
+                        batch.push(&(i % KEYS).to_le_bytes(), &i.to_le_bytes(), i as i64);
+                        i += u64::from(parallelism);
                     }
+                    router.write(&batch).expect("consumers run");
                 }
+                router.broadcast(|| Event::End).expect("consumers run");
             })
         })
         .collect();
@@ -196,7 +226,7 @@ fn main() {
     for parallelism in [1u32, 2] {
         for variant in ["threads", "tokio"] {
             let run = |n: u64| match variant {
-                "threads" => run_threads(parallelism, n),
+                "threads" => run_threads(parallelism, n, cores),
                 _ => run_tokio(&runtime, parallelism, n),
             };
             assert_eq!(run(events / 10), events / 10, "warm-up output");

@@ -156,6 +156,8 @@ pub struct SinkFactory {
     /// Records per second per instance at most.
     rate: Option<u64>,
     pub totals: Arc<SinkTotals>,
+    /// Keep [`SinkTotals::digest`] (two hashes per record: benchmarks only).
+    pub digest: bool,
     instances: AtomicU32,
     /// The newest checkpoint known complete: parts it covered are committed.
     committed: Arc<AtomicU64>,
@@ -237,6 +239,7 @@ impl SinkFactory {
             format,
             rate,
             totals: Arc::new(SinkTotals::default()),
+            digest: false,
             instances: AtomicU32::new(0),
             committed: Arc::new(AtomicU64::new(0)),
         })
@@ -271,6 +274,7 @@ impl SinkFactory {
             target: self.target.clone(),
             format: self.format,
             totals: self.totals.clone(),
+            digest: self.digest,
             lines: Vec::new(),
             number,
             part: None,
@@ -286,6 +290,7 @@ struct SinkInstance {
     target: Arc<Target>,
     format: SinkFormat,
     totals: Arc<SinkTotals>,
+    digest: bool,
     lines: Vec<u8>,
     /// Directory sinks: this instance's number among the sink's instances.
     number: u32,
@@ -342,7 +347,11 @@ impl Sink for SinkInstance {
             if let Ok(v) = <[u8; 8]>::try_from(r.value) {
                 sum = sum.wrapping_add(u64::from_le_bytes(v));
             }
-            digest = digest.wrapping_add(record_digest(r.key, r.value, r.timestamp));
+        }
+        if self.digest {
+            for r in batch.iter() {
+                digest = digest.wrapping_add(record_digest(r.key, r.value, r.timestamp));
+            }
         }
         self.totals
             .records

@@ -109,6 +109,10 @@ pub struct JobEnv {
     /// The source of specs with `source: {type: embedded}`, for programs
     /// that use Weir as a library.
     pub embedded_source: Option<EmbeddedSource>,
+    /// Sinks keep an order-independent digest of their records
+    /// (`JobReport::sink_digest`); it costs two hashes per record, so only
+    /// benchmarks that check output by it ask for it.
+    pub digest_sink_records: bool,
 }
 
 impl JobEnv {
@@ -117,6 +121,7 @@ impl JobEnv {
             wasm,
             module_dirs,
             embedded_source: None,
+            digest_sink_records: false,
         }
     }
 }
@@ -909,7 +914,8 @@ fn run_once(
 
     // Sinks, and their folders brought to the restored checkpoint's state.
     let make_sink = |name: String, sink| -> Result<Arc<SinkFactory>, JobError> {
-        let factory = SinkFactory::new(sink, mode, &spec.name, &name)?;
+        let mut factory = SinkFactory::new(sink, mode, &spec.name, &name)?;
+        factory.digest = env.digest_sink_records;
         if let Some(dir) = factory.directory() {
             let keep = restore
                 .as_ref()
@@ -940,6 +946,9 @@ fn run_once(
         .map_err(setup)?;
     all_sinks.extend(dead_letter_sink.clone());
     let task_count: u32 = groups.iter().map(|g| g.parallelism).sum();
+    // See `Router::send` for why this decides how a full channel is waited on.
+    let oversubscribed = task_count as usize
+        > std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
 
     // Channels: one bounded channel per instance of every group with inputs;
     // the instances of a group's inputs send on it as channels 0.., input
@@ -1082,7 +1091,7 @@ fn run_once(
                 let routers = crate::graph::readers_of(&groups, gi)
                     .into_iter()
                     .map(|(reader, k)| {
-                        Router::new(
+                        let mut router = Router::new(
                             channel_offsets[reader][k] + instance,
                             instance,
                             senders[reader].clone(),
@@ -1090,7 +1099,9 @@ fn run_once(
                             spec.batch.size,
                             spec.batch.linger,
                             spec.max_parallelism,
-                        )
+                        );
+                        router.block_when_full = oversubscribed;
+                        router
                     })
                     .collect();
                 Tail::Router(Fanout::new(routers))

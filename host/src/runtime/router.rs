@@ -56,6 +56,9 @@ pub struct Router {
     round_robin: usize,
     /// Time spent waiting for full channels.
     pub blocked: Duration,
+    /// Block on a full channel instead of polling it (when the job has more
+    /// task threads than the machine has cores).
+    pub block_when_full: bool,
 }
 
 impl Router {
@@ -85,6 +88,7 @@ impl Router {
             max_parallelism,
             round_robin: from as usize,
             blocked: Duration::ZERO,
+            block_when_full: false,
         }
     }
 
@@ -99,13 +103,22 @@ impl Router {
             Err(crossbeam_channel::TrySendError::Full(envelope)) => envelope,
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(Disconnected),
         };
-        // Polling with short sleeps instead of a blocking send: a blocked
-        // sender registered in the channel makes the receiver (the slow side,
-        // by definition) pay a futex wake for every batch it takes, which
-        // cost the bottleneck thread about 10 µs per batch here. The channel
-        // holds many batches of work, so a sleep of a fraction of that
-        // drains nothing the receiver needs.
+        // With a core to spare, polling with short sleeps instead of a
+        // blocking send: a blocked sender registered in the channel makes
+        // the receiver (the slow side, by definition) pay a futex wake for
+        // every batch it takes, which cost the bottleneck thread about 10 µs
+        // per batch here (Wasm keyed-count at P=1: 4.83 M events/s polling,
+        // 3.92 blocking). With more task threads than cores the sleeper's
+        // wake-ups take time slices from the threads doing the work, and a
+        // blocking send wins (P=2 on 2 cores: 8.70 against 6.02); see
+        // `block_when_full`. The channel holds many batches of work, so a
+        // sleep of a fraction of that drains nothing the receiver needs.
         let started = Instant::now();
+        if self.block_when_full {
+            let r = sender.send(envelope).map_err(|_| Disconnected);
+            self.blocked += started.elapsed();
+            return r;
+        }
         let mut pause = BLOCKED_POLL_MIN;
         let result = loop {
             std::thread::sleep(pause);
