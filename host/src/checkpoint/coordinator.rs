@@ -147,6 +147,8 @@ pub struct CoordinatorConfig {
     /// Told of every complete checkpoint after its sinks committed (a Kafka
     /// source reports its offsets to its consumer group).
     pub on_complete: Option<CompleteHook>,
+    /// An aborted checkpoint fails the run (exactly-once Kafka output).
+    pub restart_on_abort: bool,
 }
 
 /// Called with the manifest of each complete checkpoint.
@@ -175,6 +177,8 @@ pub struct Coordinator {
     /// Tasks that are gone without finishing (stopped, failed).
     gone: Vec<bool>,
     pub counts: CheckpointCounts,
+    /// Set when the run must restart for the checkpoints' sake.
+    failure: Option<String>,
 }
 
 impl Coordinator {
@@ -198,6 +202,7 @@ impl Coordinator {
             queued: VecDeque::new(),
             finals: (0..tasks).map(|_| None).collect(),
             gone: vec![false; tasks],
+            failure: None,
             counts: CheckpointCounts::default(),
         })
     }
@@ -479,12 +484,31 @@ impl Coordinator {
             .inc();
     }
 
+    /// With exactly-once Kafka output an aborted checkpoint fails the run:
+    /// its transaction can only be committed together with a later one,
+    /// and two commits are not atomic (a crash between them would lose
+    /// output), so the job restarts from the last complete checkpoint
+    /// instead, as Flink does by default.
+    fn in_doubt_abort(&mut self, id: CheckpointId, reason: &str) {
+        if self.config.restart_on_abort {
+            self.failure.get_or_insert(format!(
+                "checkpoint {id} was aborted ({reason}); with exactly-once Kafka output the job restarts from its last complete checkpoint"
+            ));
+        }
+    }
+
+    /// Why the run must restart, if the checkpoints say so.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
+
     fn abort(&mut self, reason: String) {
         let Some(p) = self.pending.take() else { return };
         tracing::warn!(job = %self.config.job, checkpoint = p.id, %reason, "checkpoint aborted");
         history().aborted(&self.config.job, p.id, p.started.elapsed(), &reason);
         self.count_failure();
         let _ = std::fs::remove_dir_all(&*p.dir);
+        self.in_doubt_abort(p.id, &reason);
         if let Some(reply) = p.reply {
             let _ = reply.send(Err(CheckpointError::Aborted { id: p.id, reason }));
         }
@@ -571,6 +595,64 @@ impl Coordinator {
             tasks,
             files,
         };
+        // Kafka transactions commit between the prepared manifest and the
+        // manifest: a crash in between leaves the checkpoint in doubt, and
+        // the restart settles it by what Kafka committed
+        // (`CheckpointStore::settle_prepared`).
+        let is_transaction = |part: &PathBuf| {
+            part.to_str()
+                .is_some_and(|s| s.starts_with(crate::connectors::kafka::TRANSACTION_PREFIX))
+        };
+        let mut transactions: Vec<&PathBuf> = manifest
+            .tasks
+            .iter()
+            .flat_map(|t| &t.sinks)
+            .flat_map(|s| &s.pending)
+            .filter(|part| is_transaction(part))
+            .collect();
+        transactions.sort();
+        transactions.dedup();
+        if !transactions.is_empty() {
+            let prepared = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+            if let Err(e) =
+                self.config
+                    .store
+                    .put_file(&p.dir, super::manifest::PREPARED_MANIFEST, &prepared)
+            {
+                self.pending = None;
+                self.count_failure();
+                tracing::warn!(job = %self.config.job, checkpoint = p.id, error = %e, "checkpoint aborted");
+                history().aborted(&self.config.job, p.id, p.started.elapsed(), &e.to_string());
+                let _ = std::fs::remove_dir_all(&*p.dir);
+                self.in_doubt_abort(p.id, &e.to_string());
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(Err(e));
+                }
+                return;
+            }
+            super::crash_point("before-kafka-commit", p.id);
+            for part in transactions {
+                if let Err(e) = crate::connectors::commit_pending(part, p.id) {
+                    // The outcome is unknown: only a restart, which fences
+                    // the producers and reads what committed, can tell.
+                    tracing::error!(job = %self.config.job, checkpoint = p.id, error = %e, "commit failed");
+                    self.pending = None;
+                    self.count_failure();
+                    self.failure.get_or_insert(format!(
+                        "checkpoint {} is in doubt: committing its Kafka transaction failed: {e}",
+                        p.id
+                    ));
+                    if let Some(reply) = p.reply {
+                        let _ = reply.send(Err(CheckpointError::Aborted {
+                            id: p.id,
+                            reason: e.to_string(),
+                        }));
+                    }
+                    return;
+                }
+            }
+            super::crash_point("after-kafka-commit", p.id);
+        }
         let written = self
             .config
             .store
@@ -606,8 +688,9 @@ impl Coordinator {
             .iter()
             .flat_map(|t| &t.sinks)
             .flat_map(|s| &s.pending)
+            .filter(|part| !is_transaction(part))
         {
-            if let Err(e) = crate::connectors::commit_pending(part) {
+            if let Err(e) = crate::connectors::commit_pending(part, p.id) {
                 tracing::error!(job = %self.config.job, checkpoint = p.id, error = %e, "commit failed");
             }
         }
@@ -679,6 +762,7 @@ mod tests {
             modules: Vec::new(),
             state_backend: "memory",
             on_complete: None,
+            restart_on_abort: false,
         };
         let mut c =
             Coordinator::new(config, vec![Some(trigger), None], writer, Vec::new()).unwrap();

@@ -20,6 +20,9 @@ use crate::state::snapshot::KeyedSnapshot;
 pub const FORMAT_VERSION: u32 = 1;
 pub const STATE_FILE_MAGIC: &[u8; 8] = b"WEIRST01";
 pub const MANIFEST: &str = "manifest.json";
+/// The manifest written before a checkpoint's Kafka transactions are
+/// committed: the checkpoint is in doubt until `manifest.json` follows.
+pub const PREPARED_MANIFEST: &str = "manifest.prepared.json";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -18,10 +18,14 @@
 //! 5. When every task has acknowledged `n`, the coordinator writes the
 //!    manifest (last, atomically): only then is `n` complete. Then the
 //!    pre-committed output of sinks is committed, and old checkpoints are
-//!    deleted beyond `retain`.
+//!    deleted beyond `retain`. Kafka transactions are the exception: they
+//!    commit between a prepared manifest and the manifest, and a checkpoint
+//!    left in doubt by a crash there is settled by what Kafka committed
+//!    before anything is restored (see [`crate::connectors::kafka`]).
 //!
 //! Storage is a local folder, or S3-compatible object storage with a local
-//! staging copy ([`remote`]).
+//! staging copy ([`remote`]). Savepoints go to a folder or to
+//! `s3://bucket/prefix` (staged locally, uploaded manifest last).
 //!
 //! A task that has finished (its input ended) contributes its final
 //! snapshot to every later checkpoint. Invariants: at most one checkpoint is
@@ -107,6 +111,28 @@ pub enum CheckpointError {
     NotRunning,
     #[error("{url}: {message}")]
     Remote { url: String, message: String },
+}
+
+/// Ends the process abruptly at a named point of the checkpoint protocol
+/// when the environment variable `WEIR_CRASH_AT` names it (`<point>`, or
+/// `<point>@<n>` for checkpoint `n` or later): how the tests crash a run
+/// exactly where a commit is in doubt.
+pub(crate) fn crash_point(name: &str, checkpoint: CheckpointId) {
+    static AT: std::sync::OnceLock<Option<(String, CheckpointId)>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let spec = std::env::var("WEIR_CRASH_AT").ok()?;
+        Some(match spec.split_once('@') {
+            Some((point, n)) => (point.to_owned(), n.parse().unwrap_or(0)),
+            None => (spec, 0),
+        })
+    });
+    if let Some((point, from)) = at
+        && point == name
+        && checkpoint >= *from
+    {
+        eprintln!("crashing at `{name}` of checkpoint {checkpoint} (WEIR_CRASH_AT)");
+        std::process::abort();
+    }
 }
 
 pub(crate) fn io_error(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CheckpointError {

@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::manifest::{FORMAT_VERSION, FileEntry, MANIFEST, Manifest, STATE_FILE_MAGIC};
+use super::manifest::{
+    FORMAT_VERSION, FileEntry, MANIFEST, Manifest, PREPARED_MANIFEST, STATE_FILE_MAGIC,
+};
 use super::remote::Remote;
 use super::{CheckpointError, CheckpointId, io_error};
 use crate::connectors::{RestoredSplits, SplitPosition};
@@ -227,6 +229,50 @@ impl CheckpointStore {
         download(remote, &format!("chk-{id:010}"), &dir)?;
         tracing::info!(checkpoint = id, from = %remote.url(), "downloaded checkpoint");
         LoadedCheckpoint::load(&dir)
+    }
+
+    /// Settles checkpoints left in doubt by a crash between their prepared
+    /// manifest and their manifest (see [`crate::checkpoint`]): one whose
+    /// Kafka transactions committed (its id is at most `committed`) is
+    /// completed with its prepared manifest, any other is deleted, so the
+    /// restore falls back to the one before and replays its output.
+    pub fn settle_prepared(&self, committed: CheckpointId) -> Result<(), CheckpointError> {
+        for (id, complete) in self.ids()? {
+            if complete {
+                continue;
+            }
+            let dir = self.checkpoint_dir(id);
+            let relative = format!("chk-{id:010}/{PREPARED_MANIFEST}");
+            let prepared = match std::fs::read(dir.join(PREPARED_MANIFEST)) {
+                Ok(bytes) => Some(bytes),
+                Err(_) => match &self.remote {
+                    Some(remote) => remote.get(&relative)?,
+                    None => None,
+                },
+            };
+            let Some(prepared) = prepared else { continue };
+            if id > committed {
+                tracing::warn!(
+                    checkpoint = id,
+                    committed,
+                    "a checkpoint's transactions did not commit before a crash: it is dropped and its output replayed"
+                );
+                self.discard(id);
+                continue;
+            }
+            let manifest: Manifest =
+                serde_json::from_slice(&prepared).map_err(|e| CheckpointError::Corrupt {
+                    path: dir.clone(),
+                    problem: format!("{PREPARED_MANIFEST} does not parse: {e}"),
+                })?;
+            std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+            self.put_manifest(&dir, &manifest)?;
+            tracing::info!(
+                checkpoint = id,
+                "a checkpoint's transactions committed before a crash: it is complete"
+            );
+        }
+        Ok(())
     }
 
     /// Deletes folders of checkpoints that never completed.

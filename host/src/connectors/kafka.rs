@@ -18,24 +18,33 @@
 //! job over a finished data set ends.
 //!
 //! Sink, exactly once (`delivery: exactly-once`, which needs checkpoints).
-//! Each sink instance owns a fixed pool of [`TRANSACTION_POOL`] transactional
-//! ids, `<prefix>-<instance>-<slot>`, stable across restarts. Starting an
-//! instance initialises every id of its pool, which fences producers of an
-//! earlier attempt and aborts their open transactions. Records go into the
-//! open transaction; at a checkpoint barrier the instance flushes it (the
-//! pre-commit: every record is on the broker, inside the transaction),
-//! hands its id to the checkpoint and opens the next transaction on a free
-//! id. When the checkpoint completes, the coordinator commits the
-//! transactions it lists ([`commit_transaction`]). A checkpoint that is
-//! aborted leaves its transaction open; the next complete one commits it.
+//! All instances of a sink share one transaction per epoch, an epoch being
+//! what the sink receives between two barriers ([`SinkTransactions`]); its
+//! transactional id is `<prefix>-<epoch % TRANSACTION_POOL>`, whatever the
+//! parallelism, so every run fences every id earlier runs used. At a
+//! barrier an instance flushes (every record it sent is on the broker,
+//! inside the epoch's transaction), names the transaction in the checkpoint
+//! and moves to the next epoch. When every task has acknowledged, the
+//! coordinator writes the checkpoint's prepared manifest, commits the
+//! transaction with the checkpoint's id as the offset of a witness consumer
+//! group inside it (both visible exactly when the transaction commits),
+//! and only then writes the manifest. A crash between the two leaves the
+//! checkpoint in doubt; the next start fences the old producers (which
+//! completes a commit they had asked for and aborts anything else), reads
+//! the witness, and completes the checkpoint if its transaction committed
+//! or drops it if not, so the restore replays its output
+//! ([`crate::checkpoint::CheckpointStore::settle_prepared`]). One commit per
+//! checkpoint keeps this exact: an aborted checkpoint therefore restarts
+//! the job from the last complete one (its open transaction is aborted by
+//! the fencing) rather than leaving its records for a later commit.
 //! A producer error whose outcome is unknown fails the task, and recovery
 //! aborts what it left open.
 //!
-//! Limit: the commit happens after the checkpoint's manifest is written.
-//! librdkafka cannot commit a transaction begun by another producer
-//! instance, so if the process dies between those two steps (a window of
-//! one broker round trip), the restarted job finds the transaction aborted
-//! by the fencing and the records it held are missing from the output.
+//! Limits: with several exactly-once Kafka sinks, their commits are not
+//! atomic together (a checkpoint counts as committed only if all did, so a
+//! crash between them can duplicate the output of the ones that had);
+//! savepoints commit transactions too but are not settled by a restart,
+//! which resumes from checkpoints.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -50,7 +59,7 @@ use rdkafka::message::{Message, Timestamp};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{ConnectorError, Poll, SinkMode, Source, SourceAssignment, SplitPosition};
+use super::{ConnectorError, Poll, Source, SourceAssignment, SplitPosition};
 use crate::graph::spec::{KafkaDelivery, KafkaSinkSpec, KafkaSourceSpec, KafkaStart};
 use crate::runtime::batch::RecordBatch;
 use crate::runtime::operator::RejectedRecord;
@@ -505,145 +514,282 @@ impl ProducerContext for DeliveryWatch {
 
 type TxProducer = ThreadedProducer<DeliveryWatch>;
 
-/// Pre-committed transactions of this process, by transactional id, until
-/// the coordinator commits them.
-fn pending_transactions() -> &'static Mutex<HashMap<String, Arc<TxProducer>>> {
-    static PENDING: OnceLock<Mutex<HashMap<String, Arc<TxProducer>>>> = OnceLock::new();
-    PENDING.get_or_init(Default::default)
-}
-
-/// How a checkpoint names a pre-committed Kafka transaction.
+/// How a checkpoint names a pre-committed Kafka transaction:
+/// `kafka-transaction:<transactional id prefix>#<epoch>`.
 pub const TRANSACTION_PREFIX: &str = "kafka-transaction:";
 
-/// Commits a pre-committed transaction once its checkpoint is complete.
-/// Idempotent: an id with nothing pending (already committed) is left alone.
-pub fn commit_transaction(id: &str) -> Result<(), ConnectorError> {
-    let producer = pending_transactions()
+/// The exactly-once transactions of one sink of a run, shared by all its
+/// instances: one transaction per epoch, an epoch being what the sink
+/// receives between two barriers. Transactional ids are
+/// `<prefix>-<epoch % TRANSACTION_POOL>`, independent of parallelism, so a
+/// run at any parallelism fences every id an earlier run used.
+pub struct SinkTransactions {
+    prefix: String,
+    topic: String,
+    brokers: String,
+    properties: std::collections::BTreeMap<String, String>,
+    slots: Vec<Arc<TxProducer>>,
+    /// For the group metadata of the witness offsets.
+    witness: Mutex<Option<BaseConsumer>>,
+    epochs: Mutex<Epochs>,
+}
+
+#[derive(Default)]
+struct Epochs {
+    /// Epochs whose transaction has begun and is not committed yet.
+    open: std::collections::BTreeSet<u64>,
+}
+
+/// The runs' transactions by prefix; a new run's replace the old ones.
+fn transactions() -> &'static Mutex<HashMap<String, Arc<SinkTransactions>>> {
+    static RUNS: OnceLock<Mutex<HashMap<String, Arc<SinkTransactions>>>> = OnceLock::new();
+    RUNS.get_or_init(Default::default)
+}
+
+/// The consumer group whose committed offset (on partition 0 of the sink's
+/// topic) is the id of the last checkpoint whose transaction committed.
+fn witness_group(prefix: &str) -> String {
+    format!("{prefix}-committed-checkpoints")
+}
+
+fn transactional_prefix(spec: &KafkaSinkSpec, job: &str) -> String {
+    spec.transactional_id_prefix
+        .clone()
+        .unwrap_or_else(|| format!("weir-{job}"))
+}
+
+impl SinkTransactions {
+    /// Starts a run's transactions: initialising every id of the pool
+    /// fences the producers of earlier runs, aborts what they left open and
+    /// completes what they had asked to commit.
+    pub fn open(spec: &KafkaSinkSpec, job: &str) -> Result<Arc<Self>, ConnectorError> {
+        let prefix = transactional_prefix(spec, job);
+        let mut slots = Vec::new();
+        for slot in 0..TRANSACTION_POOL {
+            let id = format!("{prefix}-{slot}");
+            let mut config = client_config(&spec.brokers, &spec.properties);
+            config
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("transactional.id", &id);
+            if !spec.properties.contains_key("transaction.timeout.ms") {
+                config.set("transaction.timeout.ms", "60000");
+            }
+            let producer: TxProducer = config
+                .create_with_context(DeliveryWatch::default())
+                .map_err(|e| kafka_error(format!("producer for topic `{}`", spec.topic), e))?;
+            producer
+                .init_transactions(BROKER_TIMEOUT)
+                .map_err(|e| kafka_error(format!("initialising transactional id `{id}`"), e))?;
+            slots.push(Arc::new(producer));
+        }
+        let run = Arc::new(SinkTransactions {
+            prefix: prefix.clone(),
+            topic: spec.topic.clone(),
+            brokers: spec.brokers.clone(),
+            properties: spec.properties.clone(),
+            slots,
+            witness: Mutex::new(None),
+            epochs: Mutex::new(Epochs::default()),
+        });
+        transactions()
+            .lock()
+            .expect("transactions lock")
+            .insert(prefix, run.clone());
+        Ok(run)
+    }
+
+    fn producer(&self, epoch: u64) -> &Arc<TxProducer> {
+        &self.slots[(epoch % TRANSACTION_POOL as u64) as usize]
+    }
+
+    /// Begins epoch `epoch`'s transaction unless another instance has.
+    fn begin(&self, epoch: u64) -> Result<(), ConnectorError> {
+        let mut epochs = self.epochs.lock().expect("epochs lock");
+        if epochs.open.contains(&epoch) {
+            return Ok(());
+        }
+        if let Some(&oldest) = epochs.open.first()
+            && epoch - oldest >= TRANSACTION_POOL as u64
+        {
+            return Err(ConnectorError::Kafka(format!(
+                "{TRANSACTION_POOL} transactions to `{}` are waiting for their checkpoints to \
+                 complete; checkpoints are failing",
+                self.topic
+            )));
+        }
+        self.producer(epoch)
+            .begin_transaction()
+            .map_err(|e| kafka_error("beginning a transaction", e))?;
+        epochs.open.insert(epoch);
+        Ok(())
+    }
+
+    /// Commits the transaction that checkpoint `checkpoint` pre-committed,
+    /// with the checkpoint's id as the witness group's offset inside it.
+    fn commit(&self, epoch: u64, checkpoint: u64) -> Result<(), ConnectorError> {
+        if !self
+            .epochs
+            .lock()
+            .expect("epochs lock")
+            .open
+            .contains(&epoch)
+        {
+            return Ok(());
+        }
+        let producer = self.producer(epoch);
+        let metadata = {
+            let mut witness = self.witness.lock().expect("witness lock");
+            if witness.is_none() {
+                let consumer: BaseConsumer = client_config(&self.brokers, &self.properties)
+                    .set("group.id", witness_group(&self.prefix))
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .map_err(|e| kafka_error("consumer for the commit witness", e))?;
+                *witness = Some(consumer);
+            }
+            witness
+                .as_ref()
+                .and_then(|c| c.group_metadata())
+                .ok_or_else(|| ConnectorError::Kafka("no consumer group metadata".into()))?
+        };
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&self.topic, 0, Offset::Offset(checkpoint as i64))
+            .map_err(|e| kafka_error("witness offset", e))?;
+        producer
+            .send_offsets_to_transaction(&offsets, &metadata, BROKER_TIMEOUT)
+            .map_err(|e| kafka_error("adding the witness offset to the transaction", e))?;
+        producer.commit_transaction(BROKER_TIMEOUT).map_err(|e| {
+            kafka_error(
+                format!("committing the transaction of checkpoint {checkpoint}"),
+                e,
+            )
+        })?;
+        self.epochs.lock().expect("epochs lock").open.remove(&epoch);
+        Ok(())
+    }
+}
+
+impl Drop for SinkTransactions {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.witness.lock().expect("witness lock").take() {
+            close_in_background(consumer);
+        }
+    }
+}
+
+/// Commits the transaction a checkpoint lists (`<prefix>#<epoch>`), once
+/// the checkpoint's manifest is prepared: see [`crate::checkpoint`] for the
+/// order that makes a crash at any point recoverable. Idempotent.
+pub fn commit_transaction(marker: &str, checkpoint: u64) -> Result<(), ConnectorError> {
+    let (prefix, epoch) = marker
+        .rsplit_once('#')
+        .and_then(|(p, e)| Some((p, e.parse::<u64>().ok()?)))
+        .ok_or_else(|| ConnectorError::Kafka(format!("malformed transaction `{marker}`")))?;
+    let run = transactions()
         .lock()
-        .expect("pending lock")
-        .remove(id);
-    match producer {
-        Some(p) => p
-            .commit_transaction(BROKER_TIMEOUT)
-            .map_err(|e| kafka_error(format!("committing transaction `{id}`"), e)),
+        .expect("transactions lock")
+        .get(prefix)
+        .cloned();
+    match run {
+        Some(run) => run.commit(epoch, checkpoint),
+        // A run that has ended fenced nothing that is still to be committed.
         None => Ok(()),
     }
 }
 
-struct Slot {
-    id: String,
-    producer: Arc<TxProducer>,
+/// The id of the last checkpoint whose transaction of this sink committed
+/// (0: none). Call after [`SinkTransactions::open`] has fenced earlier
+/// producers, so a commit they had asked for is visible.
+pub fn committed_checkpoint(spec: &KafkaSinkSpec, job: &str) -> Result<u64, ConnectorError> {
+    let prefix = transactional_prefix(spec, job);
+    let consumer: BaseConsumer = client_config(&spec.brokers, &spec.properties)
+        .set("group.id", witness_group(&prefix))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| kafka_error("consumer for the commit witness", e))?;
+    let mut list = TopicPartitionList::new();
+    list.add_partition(&spec.topic, 0);
+    let committed = consumer.committed_offsets(list, BROKER_TIMEOUT);
+    close_in_background(consumer);
+    let committed = committed.map_err(|e| kafka_error("reading the commit witness's offset", e))?;
+    Ok(committed
+        .elements()
+        .first()
+        .and_then(|e| match e.offset() {
+            Offset::Offset(n) if n > 0 => Some(n as u64),
+            _ => None,
+        })
+        .unwrap_or(0))
 }
 
 pub struct KafkaSink {
     topic: String,
     totals: Arc<super::SinkTotals>,
-    delivery: KafkaDelivery,
-    slots: Vec<Slot>,
-    current: usize,
-    /// Ids handed to checkpoints and possibly not committed yet.
-    pre_committed: Vec<String>,
+    producer: SinkProducer,
+}
+
+enum SinkProducer {
+    AtLeastOnce(Arc<TxProducer>),
+    ExactlyOnce {
+        run: Arc<SinkTransactions>,
+        epoch: u64,
+    },
 }
 
 impl KafkaSink {
     pub fn open(
         spec: &KafkaSinkSpec,
         job: &str,
-        (instance, parallelism): (u32, u32),
-        mode: SinkMode,
+        run: Option<Arc<SinkTransactions>>,
         totals: Arc<super::SinkTotals>,
     ) -> Result<Self, ConnectorError> {
-        let base = || {
-            let mut c = client_config(&spec.brokers, &spec.properties);
-            c.set("enable.idempotence", "true").set("acks", "all");
-            c
-        };
-        let make = |config: &ClientConfig| -> Result<TxProducer, ConnectorError> {
-            config
-                .create_with_context(DeliveryWatch::default())
-                .map_err(|e| kafka_error(format!("producer for topic `{}`", spec.topic), e))
-        };
-        let slots = match spec.delivery {
-            KafkaDelivery::AtLeastOnce => vec![Slot {
-                id: String::new(),
-                producer: Arc::new(make(&base())?),
-            }],
-            KafkaDelivery::ExactlyOnce => {
-                let prefix = spec
-                    .transactional_id_prefix
-                    .clone()
-                    .unwrap_or_else(|| format!("weir-{job}"));
-                let mut slots = Vec::new();
-                for slot in 0..TRANSACTION_POOL {
-                    let id = format!("{prefix}-{instance}-{slot}");
-                    // A producer of this process's earlier attempt must not
-                    // be committed by anyone now.
-                    pending_transactions()
-                        .lock()
-                        .expect("pending lock")
-                        .remove(&id);
-                    let mut config = base();
-                    config.set("transactional.id", &id);
-                    if !spec.properties.contains_key("transaction.timeout.ms") {
-                        // Long enough for a checkpoint to complete; short
-                        // enough that a transaction nobody fences (an
-                        // instance dropped by rescaling down) does not hold
-                        // read_committed consumers back for long.
-                        config.set("transaction.timeout.ms", "60000");
-                    }
-                    let producer = make(&config)?;
-                    producer.init_transactions(BROKER_TIMEOUT).map_err(|e| {
-                        kafka_error(format!("initialising transactional id `{id}`"), e)
-                    })?;
-                    slots.push(Slot {
-                        id,
-                        producer: Arc::new(producer),
-                    });
-                }
-                // Instances an earlier run had and this one has not (it was
-                // rescaled down) may have left transactions open; nobody
-                // else would fence them, and they would hold read_committed
-                // consumers back until they time out.
-                let gone = (instance + parallelism.max(1)..mode.previous_instances)
-                    .step_by(parallelism.max(1) as usize);
-                for other in gone {
-                    for slot in 0..TRANSACTION_POOL {
-                        let id = format!("{prefix}-{other}-{slot}");
-                        let mut config = base();
-                        config.set("transactional.id", &id);
-                        make(&config)?
-                            .init_transactions(BROKER_TIMEOUT)
-                            .map_err(|e| {
-                                kafka_error(format!("fencing transactional id `{id}`"), e)
-                            })?;
-                    }
-                }
-                slots[0]
-                    .producer
-                    .begin_transaction()
-                    .map_err(|e| kafka_error("beginning a transaction", e))?;
-                slots
+        let producer = match (spec.delivery, run) {
+            (KafkaDelivery::ExactlyOnce, Some(run)) => {
+                run.begin(0)?;
+                SinkProducer::ExactlyOnce { run, epoch: 0 }
+            }
+            (KafkaDelivery::ExactlyOnce, None) => {
+                return Err(ConnectorError::Kafka(format!(
+                    "exactly-once sink to `{}` of job `{job}` opened without its transactions",
+                    spec.topic
+                )));
+            }
+            (KafkaDelivery::AtLeastOnce, _) => {
+                let mut config = client_config(&spec.brokers, &spec.properties);
+                config.set("enable.idempotence", "true").set("acks", "all");
+                SinkProducer::AtLeastOnce(Arc::new(
+                    config
+                        .create_with_context(DeliveryWatch::default())
+                        .map_err(|e| {
+                            kafka_error(format!("producer for topic `{}`", spec.topic), e)
+                        })?,
+                ))
             }
         };
         Ok(KafkaSink {
             topic: spec.topic.clone(),
             totals,
-            delivery: spec.delivery,
-            slots,
-            current: 0,
-            pre_committed: Vec::new(),
+            producer,
         })
+    }
+
+    fn current(&self) -> &TxProducer {
+        match &self.producer {
+            SinkProducer::AtLeastOnce(p) => p,
+            SinkProducer::ExactlyOnce { run, epoch } => run.producer(*epoch),
+        }
     }
 
     /// Waits until every record sent is acknowledged; any failure is an
     /// unknown outcome and fails the task.
     fn flush(&self) -> Result<(), ConnectorError> {
-        let slot = &self.slots[self.current];
-        slot.producer
+        let producer = self.current();
+        producer
             .flush(BROKER_TIMEOUT)
             .map_err(|e| kafka_error(format!("flushing to `{}`", self.topic), e))?;
-        let failure = slot
-            .producer
+        let failure = producer
             .context()
             .failure
             .lock()
@@ -665,7 +811,7 @@ impl super::Sink for KafkaSink {
         self.totals
             .records
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let producer = &self.slots[self.current].producer;
+        let producer = self.current();
         for r in batch.iter() {
             let mut record = BaseRecord::to(&self.topic)
                 .key(r.key)
@@ -695,39 +841,15 @@ impl super::Sink for KafkaSink {
         _checkpoint: u64,
     ) -> Result<Vec<std::path::PathBuf>, ConnectorError> {
         self.flush()?;
-        if self.delivery == KafkaDelivery::AtLeastOnce {
+        let SinkProducer::ExactlyOnce { run, epoch } = &mut self.producer else {
             return Ok(Vec::new());
-        }
-        let slot = &self.slots[self.current];
-        pending_transactions()
-            .lock()
-            .expect("pending lock")
-            .insert(slot.id.clone(), slot.producer.clone());
-        self.pre_committed.push(slot.id.clone());
-        let pending = pending_transactions().lock().expect("pending lock");
-        self.pre_committed.retain(|id| pending.contains_key(id));
-        let free = (1..=self.slots.len())
-            .map(|step| (self.current + step) % self.slots.len())
-            .find(|&i| !pending.contains_key(&self.slots[i].id))
-            .ok_or_else(|| {
-                ConnectorError::Kafka(format!(
-                    "{} transactions to `{}` are waiting for their checkpoints to complete; \
-                     checkpoints are failing",
-                    self.slots.len(),
-                    self.topic
-                ))
-            })?;
-        drop(pending);
-        self.current = free;
-        self.slots[free]
-            .producer
-            .begin_transaction()
-            .map_err(|e| kafka_error("beginning a transaction", e))?;
-        Ok(self
-            .pre_committed
-            .iter()
-            .map(|id| format!("{TRANSACTION_PREFIX}{id}").into())
-            .collect())
+        };
+        // Every instance reaches this barrier after its last record of the
+        // epoch; the coordinator commits once all have acknowledged.
+        let marker = format!("{TRANSACTION_PREFIX}{}#{epoch}", run.prefix);
+        *epoch += 1;
+        run.begin(*epoch)?;
+        Ok(vec![marker.into()])
     }
 
     fn close(&mut self) -> Result<(), ConnectorError> {

@@ -139,12 +139,12 @@ pub trait Source: Send {
 
 /// Commits what a complete checkpoint lists for a sink: a directory sink's
 /// part file, or a Kafka sink's transaction.
-pub fn commit_pending(item: &std::path::Path) -> Result<(), ConnectorError> {
+pub fn commit_pending(item: &std::path::Path, checkpoint: u64) -> Result<(), ConnectorError> {
     match item
         .to_str()
         .and_then(|s| s.strip_prefix(kafka::TRANSACTION_PREFIX))
     {
-        Some(id) => kafka::commit_transaction(id),
+        Some(marker) => kafka::commit_transaction(marker, checkpoint),
         None => commit_part(item),
     }
 }

@@ -104,10 +104,6 @@ pub struct SinkMode {
     pub transactional: bool,
     /// The run resumes from a checkpoint: a file sink appends.
     pub resuming: bool,
-    /// Parallel instances of the widest task group in the restored
-    /// checkpoint (0 on a fresh start): a transactional sink fences the
-    /// transactional ids of instances the new run no longer has.
-    pub previous_instances: u32,
 }
 
 /// Records that reached a sink, and the sum of their values read as
@@ -145,8 +141,19 @@ enum Target {
     Kafka {
         spec: crate::graph::spec::KafkaSinkSpec,
         job: String,
-        mode: SinkMode,
+        /// The run's transactions (exactly-once), shared by the instances.
+        transactions: Option<Arc<super::kafka::SinkTransactions>>,
     },
+}
+
+/// The name a Kafka sink's transactional ids and commit witness derive
+/// from: the job's for the main sink, `<job>-<sink>` for the others.
+pub fn kafka_sink_job(job: &str, sink: &str) -> String {
+    if sink == "main" {
+        job.to_owned()
+    } else {
+        format!("{job}-{sink}")
+    }
 }
 
 /// Makes the instances of one sink; they share its file and totals.
@@ -173,18 +180,23 @@ impl SinkFactory {
         name: &str,
     ) -> Result<Self, ConnectorError> {
         let (target, format) = match spec {
-            SinkSpec::Kafka(k) => (
-                Target::Kafka {
-                    spec: k.clone(),
-                    job: if name == "main" {
-                        job.to_owned()
-                    } else {
-                        format!("{job}-{name}")
+            SinkSpec::Kafka(k) => {
+                let job = kafka_sink_job(job, name);
+                let transactions = match k.delivery {
+                    crate::graph::spec::KafkaDelivery::ExactlyOnce => {
+                        Some(super::kafka::SinkTransactions::open(k, &job)?)
+                    }
+                    crate::graph::spec::KafkaDelivery::AtLeastOnce => None,
+                };
+                (
+                    Target::Kafka {
+                        spec: k.clone(),
+                        job,
+                        transactions,
                     },
-                    mode,
-                },
-                SinkFormat::default(),
-            ),
+                    SinkFormat::default(),
+                )
+            }
             SinkSpec::Stdout { format } => (Target::Stdout, *format),
             SinkSpec::Directory { path, format } => {
                 std::fs::create_dir_all(path).map_err(|source| io_error(path, source))?;
@@ -258,15 +270,19 @@ impl SinkFactory {
         self.committed.fetch_max(id, Ordering::Relaxed);
     }
 
-    /// A new instance, one of `parallelism`.
-    pub fn instance(&self, parallelism: u32) -> Result<Box<dyn Sink>, ConnectorError> {
+    /// A new instance.
+    pub fn instance(&self) -> Result<Box<dyn Sink>, ConnectorError> {
         let number = self.instances.fetch_add(1, Ordering::Relaxed);
-        if let Target::Kafka { spec, job, mode } = &*self.target {
+        if let Target::Kafka {
+            spec,
+            job,
+            transactions,
+        } = &*self.target
+        {
             return Ok(Box::new(super::kafka::KafkaSink::open(
                 spec,
                 job,
-                (number, parallelism),
-                *mode,
+                transactions.clone(),
                 self.totals.clone(),
             )?));
         }

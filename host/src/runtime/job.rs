@@ -557,6 +557,7 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
     let initial = match (&options.restore, &store) {
         (RestoreFrom::Savepoint(path), _) => Some(Arc::new(LoadedCheckpoint::open(path)?)),
         (RestoreFrom::Latest, Some(store)) => {
+            settle_in_doubt(spec, store)?;
             let (latest, _skipped) = store.latest_usable()?;
             latest.map(Arc::new)
         }
@@ -727,6 +728,7 @@ fn run_attempts(
                 }
                 restore = match &prepared.store {
                     Some(store) => {
+                        settle_in_doubt(spec, store)?;
                         let (latest, _) = store.latest_usable()?;
                         match latest.filter(|c| c.id() >= first_own) {
                             Some(c) => Some(Arc::new(c)),
@@ -902,14 +904,6 @@ fn run_once(
     let mode = SinkMode {
         transactional: checkpointing,
         resuming: restore.is_some(),
-        previous_instances: restore.as_ref().map_or(0, |c| {
-            c.manifest
-                .tasks
-                .iter()
-                .map(|t| t.instance + 1)
-                .max()
-                .unwrap_or(0)
-        }),
     };
 
     // Sinks, and their folders brought to the restored checkpoint's state.
@@ -1106,17 +1100,13 @@ fn run_once(
                     .collect();
                 Tail::Router(Fanout::new(routers))
             } else {
-                Tail::Sink(
-                    main_sink
-                        .instance(group.parallelism)
-                        .map_err(|e| setup(e.into()))?,
-                )
+                Tail::Sink(main_sink.instance().map_err(|e| setup(e.into()))?)
             };
             let rejects = Rejects {
                 policy: spec.on_error,
                 sink: dead_letter_sink
                     .as_ref()
-                    .map(|f| f.instance(task_count))
+                    .map(|f| f.instance())
                     .transpose()
                     .map_err(|e| setup(e.into()))?,
             };
@@ -1128,7 +1118,6 @@ fn run_once(
             let side_sinks = side_sinks.clone();
             let job = spec.name.clone();
             let max_parallelism = spec.max_parallelism;
-            let parallelism = group.parallelism;
             let batch_size = spec.batch.size;
             let shared = shared.clone();
             let restore = restore.clone();
@@ -1170,7 +1159,7 @@ fn run_once(
                     let mut outputs = Vec::new();
                     for s in op.side_outputs() {
                         outputs.push(match side_sinks[i].get(s) {
-                            Some(f) => Some(f.instance(parallelism)?),
+                            Some(f) => Some(f.instance()?),
                             None => None,
                         });
                     }
@@ -1231,6 +1220,7 @@ fn run_once(
                 StateBackendKind::Rocksdb => "rocksdb",
             },
             on_complete: kafka_offset_commits(spec),
+            restart_on_abort: !exactly_once_kafka_sinks(spec).is_empty(),
         },
         triggers,
         write_tx,
@@ -1302,6 +1292,17 @@ fn run_once(
             default(deadline.saturating_duration_since(Instant::now())) => {}
         }
         coordinator.tick(Instant::now());
+        if let Some(reason) = coordinator.take_failure()
+            && first_error.is_none()
+        {
+            tracing::error!(job = %spec.name, %reason, "restarting");
+            cancel.store(true, Ordering::Relaxed);
+            coordinator.abandon("the run is restarting");
+            first_error = Some(JobError::Internal {
+                job: spec.name.clone(),
+                message: reason,
+            });
+        }
         if let Some(s) = swap.as_mut() {
             match s.swapped_at {
                 None => match s.ack.try_recv() {
@@ -1436,6 +1437,53 @@ fn run_once(
         checkpoints: counts,
         stopped_with_savepoint: stopped_with,
     })
+}
+
+/// The job's Kafka sinks with exactly-once delivery, each with the name its
+/// transactional ids derive from.
+fn exactly_once_kafka_sinks(spec: &JobSpec) -> Vec<(crate::graph::spec::KafkaSinkSpec, String)> {
+    use crate::graph::spec::{KafkaDelivery, SinkSpec};
+    let mut sinks = vec![("main".to_owned(), &spec.sink)];
+    for op in &spec.operators {
+        for (name, sink) in &op.side_outputs {
+            sinks.push((format!("{}.{name}", op.name), sink));
+        }
+    }
+    sinks.extend(
+        spec.dead_letter
+            .iter()
+            .map(|s| (DEAD_LETTER_SINK.to_owned(), s)),
+    );
+    sinks
+        .into_iter()
+        .filter_map(|(name, sink)| match sink {
+            SinkSpec::Kafka(k) if k.delivery == KafkaDelivery::ExactlyOnce => Some((
+                k.clone(),
+                crate::connectors::sinks::kafka_sink_job(&spec.name, &name),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Before choosing the checkpoint to restore: fences the producers of
+/// earlier runs of the job's exactly-once Kafka sinks (which completes a
+/// commit they had asked for and aborts the rest), reads which checkpoint
+/// committed last, and settles a checkpoint left in doubt by a crash
+/// between its Kafka commit and its manifest by that. With several such
+/// sinks a checkpoint counts as committed only if all committed it.
+fn settle_in_doubt(spec: &JobSpec, store: &CheckpointStore) -> Result<(), JobError> {
+    let sinks = exactly_once_kafka_sinks(spec);
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    let mut committed = u64::MAX;
+    for (sink, job) in &sinks {
+        crate::connectors::kafka::SinkTransactions::open(sink, job)?;
+        committed = committed.min(crate::connectors::kafka::committed_checkpoint(sink, job)?);
+    }
+    store.settle_prepared(committed)?;
+    Ok(())
 }
 
 /// Commits the offsets of each complete checkpoint to the consumer groups

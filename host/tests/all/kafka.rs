@@ -370,3 +370,90 @@ fn a_killed_process_resumes_offsets_and_state_from_its_checkpoint() {
         distinct.len()
     );
 }
+
+/// Runs the windowed job of `a_killed_process...` once with
+/// `WEIR_CRASH_AT=<point>@3` (the process aborts at that point of the third
+/// checkpoint), then again to the end; returns the second run's log.
+fn crash_at_then_finish(broker: &Broker, point: &str, tag: &str) -> String {
+    let (input_topic, output_topic) = (format!("{tag}-in"), format!("{tag}-out"));
+    broker.create_topic(&input_topic, 3);
+    broker.create_topic(&output_topic, 3);
+    let input = clicks(40_000, 30);
+    broker.produce(&input_topic, &input);
+    let tmp = crate::support::TempDir::new(tag);
+    let spec = tmp.path("job.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name: {tag}\nparallelism: 2\n\
+             source: {{type: kafka, brokers: '{b}', topic: {input_topic}, bounded: true, rate: 10000,\n\
+                       watermark: {{max_out_of_orderness: 0ms, interval: 0ms}}}}\n\
+             operators: [{{name: count, module: window-count, input: key, window: {{type: tumbling, size: 100ms}}}}]\n\
+             sink: {{type: kafka, brokers: '{b}', topic: {output_topic}, delivery: exactly-once}}\n\
+             checkpoint: {{interval: 200ms, dir: {}}}\n",
+            tmp.path("checkpoints").display(),
+            b = broker.address()
+        ),
+    )
+    .unwrap();
+    let run = |crash: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+        c.arg("run")
+            .arg(&spec)
+            .arg("--module-dir")
+            .arg(crate::support::examples_dir())
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(at) = crash {
+            c.env("WEIR_CRASH_AT", at);
+        }
+        let mut child = c.spawn().expect("weir starts");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "weir run did not end");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (status, log) = run(Some(&format!("{point}@3")));
+    assert!(!status.success(), "the first run crashes: {log}");
+    assert!(log.contains(&format!("crashing at `{point}`")), "{log}");
+    let (status, log) = run(None);
+    assert!(status.success(), "{log}");
+    let expected: std::collections::BTreeSet<_> = expected_windows(&input).into_iter().collect();
+    let got: std::collections::BTreeSet<_> = windows_read(&broker.read_all(&output_topic, 3))
+        .into_iter()
+        .collect();
+    let wrong: Vec<_> = got.difference(&expected).take(5).collect();
+    let missing: Vec<_> = expected.difference(&got).take(5).collect();
+    assert!(
+        wrong.is_empty() && missing.is_empty(),
+        "crash at {point}: wrong results {wrong:?}, missing {missing:?}"
+    );
+    log
+}
+
+#[test]
+fn a_crash_after_the_kafka_commit_and_before_the_manifest_completes_that_checkpoint() {
+    let broker = Broker::start();
+    let log = crash_at_then_finish(&broker, "after-kafka-commit", "crash-after");
+    assert!(
+        log.contains("transactions committed before a crash: it is complete"),
+        "the restart completes the checkpoint whose transaction committed: {log}"
+    );
+}
+
+#[test]
+fn a_crash_before_the_kafka_commit_drops_that_checkpoint_and_replays_its_output() {
+    let broker = Broker::start();
+    let log = crash_at_then_finish(&broker, "before-kafka-commit", "crash-before");
+    assert!(
+        log.contains("transactions did not commit before a crash"),
+        "the restart drops the checkpoint whose transaction did not commit: {log}"
+    );
+}
