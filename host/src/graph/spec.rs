@@ -389,8 +389,10 @@ pub struct KafkaSinkSpec {
     pub topic: String,
     #[serde(default)]
     pub delivery: KafkaDelivery,
-    /// Transactional ids are `<prefix>-<instance>-<slot>`; default
-    /// `weir-<job>`. Two jobs writing with the same prefix fence each other.
+    /// Transactional ids are `<prefix>-<n>` (a small pool shared by the
+    /// sink's instances); default `weir-<job>`, `weir-<job>-<sink>` for a
+    /// side output's or the dead-letter sink. Two jobs writing with the same
+    /// prefix fence each other.
     pub transactional_id_prefix: Option<String>,
     /// librdkafka producer properties, passed through.
     #[serde(default)]
