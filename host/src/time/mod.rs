@@ -6,7 +6,7 @@
 //! Timers fire when the watermark (event time) or the wall clock (processing
 //! time) reaches them, in timestamp order, once per (key, time).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// Bounded out-of-orderness: watermark = highest event time seen - bound - 1.
 #[derive(Clone, Debug)]
@@ -168,14 +168,90 @@ pub enum TimeDomain {
 }
 
 /// Timers of one operator instance, deduplicated per (time, key).
+///
+/// Timers are kept in buckets by time: many keys usually share a time (every
+/// key's window ends together), so registering is a hash insert into its
+/// time's bucket instead of an ordered insert comparing keys. Within a time,
+/// timers fire in the order they were registered.
 #[derive(Debug, Default)]
 pub struct TimerService {
-    event: BTreeSet<(i64, Box<[u8]>)>,
-    processing: BTreeSet<(i64, Box<[u8]>)>,
+    event: BTreeMap<i64, Bucket>,
+    processing: BTreeMap<i64, Bucket>,
+    len: usize,
+}
+
+/// The keys of the timers of one time, in registration order, with an
+/// index for deduplication and deletion.
+#[derive(Debug, Default)]
+struct Bucket {
+    keys: Vec<Box<[u8]>>,
+    index: hashbrown::HashTable<u32>,
+}
+
+fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+impl Bucket {
+    fn insert(&mut self, key: &[u8]) -> bool {
+        let keys = &self.keys;
+        let hash = key_hash(key);
+        if self
+            .index
+            .find(hash, |&i| &*keys[i as usize] == key)
+            .is_some()
+        {
+            return false;
+        }
+        let at = self.keys.len() as u32;
+        self.keys.push(key.into());
+        let keys = &self.keys;
+        self.index
+            .insert_unique(hash, at, |&i| key_hash(&keys[i as usize]));
+        true
+    }
+
+    fn remove(&mut self, key: &[u8]) -> bool {
+        let keys = &self.keys;
+        let Ok(found) = self
+            .index
+            .find_entry(key_hash(key), |&i| &*keys[i as usize] == key)
+        else {
+            return false;
+        };
+        let (at, _) = found.remove();
+        let last = self.keys.len() as u32 - 1;
+        if at != last {
+            // The last key moves into the hole: re-point its index entry.
+            let moved = key_hash(&self.keys[last as usize]);
+            if let Some(slot) = self.index.find_mut(moved, |&i| i == last) {
+                *slot = at;
+            }
+        }
+        self.keys.swap_remove(at as usize);
+        true
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (i, key) in self.keys.iter().enumerate() {
+            let keys = &self.keys;
+            self.index
+                .insert_unique(key_hash(key), i as u32, |&j| key_hash(&keys[j as usize]));
+        }
+    }
+}
+
+fn flatten(
+    domain: TimeDomain,
+    map: &BTreeMap<i64, Bucket>,
+) -> impl Iterator<Item = (TimeDomain, i64, &[u8])> {
+    map.iter()
+        .flat_map(move |(t, b)| b.keys.iter().map(move |k| (domain, *t, &k[..])))
 }
 
 impl TimerService {
-    fn set(&mut self, domain: TimeDomain) -> &mut BTreeSet<(i64, Box<[u8]>)> {
+    fn map(&mut self, domain: TimeDomain) -> &mut BTreeMap<i64, Bucket> {
         match domain {
             TimeDomain::EventTime => &mut self.event,
             TimeDomain::ProcessingTime => &mut self.processing,
@@ -184,51 +260,70 @@ impl TimerService {
 
     /// Returns whether the timer is new.
     pub fn register(&mut self, domain: TimeDomain, time: i64, key: &[u8]) -> bool {
-        self.set(domain).insert((time, key.into()))
+        let new = self.map(domain).entry(time).or_default().insert(key);
+        self.len += usize::from(new);
+        new
     }
 
     /// Returns whether there was such a timer.
     pub fn delete(&mut self, domain: TimeDomain, time: i64, key: &[u8]) -> bool {
-        self.set(domain).remove(&(time, Box::from(key)))
+        let map = self.map(domain);
+        let Some(bucket) = map.get_mut(&time) else {
+            return false;
+        };
+        let removed = bucket.remove(key);
+        if bucket.keys.is_empty() {
+            map.remove(&time);
+        }
+        self.len -= usize::from(removed);
+        removed
     }
 
     pub fn len(&self) -> usize {
-        self.event.len() + self.processing.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
     /// Removes and returns, in time order, up to `max` timers due at `now`.
     pub fn pop_due(&mut self, domain: TimeDomain, now: i64, max: usize) -> Vec<(i64, Box<[u8]>)> {
-        let set = self.set(domain);
+        let map = self.map(domain);
         let mut due = Vec::new();
         while due.len() < max {
-            match set.first() {
-                Some((t, _)) if *t <= now => due.push(set.pop_first().expect("first exists")),
-                _ => break,
+            let Some(mut first) = map.first_entry() else {
+                break;
+            };
+            let time = *first.key();
+            if time > now {
+                break;
+            }
+            let room = max - due.len();
+            let bucket = first.get_mut();
+            if bucket.keys.len() <= room {
+                let bucket = first.remove();
+                due.extend(bucket.keys.into_iter().map(|k| (time, k)));
+            } else {
+                let rest = bucket.keys.split_off(room);
+                let taken = std::mem::replace(&mut bucket.keys, rest);
+                bucket.reindex();
+                due.extend(taken.into_iter().map(|k| (time, k)));
             }
         }
+        self.len -= due.len();
         due
     }
 
     /// Every registered timer, event time first, each in time order.
     pub fn iter(&self) -> impl Iterator<Item = (TimeDomain, i64, &[u8])> {
-        let event = self
-            .event
-            .iter()
-            .map(|(t, k)| (TimeDomain::EventTime, *t, &k[..]));
-        let processing = self
-            .processing
-            .iter()
-            .map(|(t, k)| (TimeDomain::ProcessingTime, *t, &k[..]));
-        event.chain(processing)
+        flatten(TimeDomain::EventTime, &self.event)
+            .chain(flatten(TimeDomain::ProcessingTime, &self.processing))
     }
 
     /// The earliest processing-time timer.
     pub fn next_processing_time(&self) -> Option<i64> {
-        self.processing.first().map(|(t, _)| *t)
+        self.processing.keys().next().copied()
     }
 }
 
@@ -243,6 +338,31 @@ pub fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timers_dedup_delete_and_fire_in_time_then_registration_order() {
+        let mut t = TimerService::default();
+        let e = TimeDomain::EventTime;
+        assert!(t.register(e, 10, b"b"));
+        assert!(t.register(e, 10, b"a"));
+        assert!(!t.register(e, 10, b"b"), "deduplicated");
+        assert!(t.register(e, 5, b"c"));
+        assert!(t.register(e, 10, b"d"));
+        assert!(t.delete(e, 10, b"b"));
+        assert!(!t.delete(e, 10, b"b"));
+        assert!(t.register(TimeDomain::ProcessingTime, 1, b"p"));
+        assert_eq!(t.len(), 4);
+        // Two at a time: a bucket split keeps the rest findable.
+        let first = t.pop_due(e, 10, 2);
+        assert_eq!(first, vec![(5, b"c"[..].into()), (10, b"d"[..].into())]);
+        assert!(
+            t.delete(e, 10, b"a"),
+            "the rest of a split bucket is indexed"
+        );
+        assert!(t.pop_due(e, 10, 2).is_empty());
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.next_processing_time(), Some(1));
+    }
 
     #[test]
     fn min_of_inputs_and_ended_inputs() {

@@ -649,6 +649,8 @@ pub struct WindowBatch {
     refs: Vec<(u32, u32, u32)>,
     values: Vec<u8>,
     entries: Vec<WindowEntry>,
+    /// Slot refs whose accumulator is removed once the batch has run.
+    drops: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -677,6 +679,7 @@ impl WindowBatch {
         self.refs.clear();
         self.values.clear();
         self.entries.clear();
+        self.drops.clear();
     }
 
     fn slot_ref(&mut self, key: &[u8], start: i64, end: i64, key_group: u32) -> u32 {
@@ -715,6 +718,14 @@ impl WindowBatch {
     pub fn fire(&mut self, key: &[u8], window: (i64, i64), key_group: u32) {
         let slot = self.slot_ref(key, window.0, window.1, key_group);
         self.entries.push(WindowEntry::Fire { slot });
+    }
+
+    /// Fires the window, then removes its accumulator (its cleanup time is
+    /// its firing time): one state lookup serves both.
+    pub fn fire_and_drop(&mut self, key: &[u8], window: (i64, i64), key_group: u32) {
+        let slot = self.slot_ref(key, window.0, window.1, key_group);
+        self.entries.push(WindowEntry::Fire { slot });
+        self.drops.push(slot);
     }
 }
 
@@ -771,7 +782,23 @@ impl WasmOperator {
         }
         w.finish();
         self.entry_slots = slots;
-        self.call_guest(BatchKind::Window, out)
+        self.call_guest(BatchKind::Window, out)?;
+        let states = self.value_ids.len();
+        for &slot_ref in &batch.drops {
+            let slot = self.entry_slots[slot_ref as usize] as usize;
+            let id = self.value_ids[0];
+            let call = &mut self.store.data_mut().call;
+            let r = match self.slot_handles[slot * states].take() {
+                Some(handle) => call.backend.value_write(id, handle, None),
+                None => {
+                    let (at, len, group) = batch.refs[slot_ref as usize];
+                    let key = &batch.keys[at as usize..(at + len) as usize];
+                    call.backend.value_remove(id, group, key)
+                }
+            };
+            r.map_err(|e| OperatorError::new(&self.info, e))?;
+        }
+        Ok(())
     }
 }
 

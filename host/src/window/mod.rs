@@ -375,10 +375,16 @@ impl Operator for WindowOperator {
                 let window = (start, end);
                 let group = key_group(key, self.info.max_parallelism);
                 let fire_at = end.saturating_sub(1);
+                let cleanup = time == self.cleanup_time(window);
+                let fixed = !matches!(self.assigner, Assigner::Session { .. });
+                if time == fire_at && cleanup && fixed {
+                    self.batch.fire_and_drop(key, window, group);
+                    continue;
+                }
                 if time == fire_at {
                     self.batch.fire(key, window, group);
                 }
-                if time == self.cleanup_time(window) {
+                if cleanup {
                     self.purge.push((slot_key, window));
                 }
             }
