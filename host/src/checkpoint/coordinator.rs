@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::history::{SnapshotKind, history};
-use super::manifest::{FileEntry, Manifest, ManifestKind, ModuleVersion, TaskSnapshot};
+use super::manifest::{
+    FileEntry, Manifest, ManifestKind, ModuleVersion, TaskSnapshot, encode_state_file,
+};
 use super::storage::CheckpointStore;
 use super::{Barrier, BarrierKind, CheckpointError, CheckpointId, SwapOrder};
 use crate::connectors::SinkFactory;
@@ -36,7 +38,26 @@ pub struct WriteRequest {
     pub checkpoint: CheckpointId,
     pub dir: Arc<PathBuf>,
     pub snapshot: TaskSnapshot,
-    pub state: Option<Arc<[u8]>>,
+    pub state: StatePart,
+}
+
+/// A task's state file for the writer.
+pub enum StatePart {
+    /// No keyed state.
+    None,
+    /// Encoded (the task's `snapshot.state` indexes it).
+    Ready(Arc<[u8]>),
+    /// Operators' snapshots with entries still to be written from frozen
+    /// copies: the writer completes and encodes them into `file`, and
+    /// fills in the task's `snapshot.state`.
+    Deferred {
+        file: String,
+        operators: Vec<(
+            String,
+            std::ops::Range<u32>,
+            crate::state::snapshot::KeyedSnapshot,
+        )>,
+    },
 }
 
 /// What the writer thread reports.
@@ -63,8 +84,33 @@ pub fn spawn_writer(
     std::thread::Builder::new()
         .name("weir-checkpoint-writer".into())
         .spawn(move || {
-            for r in requests {
-                let file = match (&r.state, &r.snapshot.state) {
+            for mut r in requests {
+                let ready = match std::mem::replace(&mut r.state, StatePart::None) {
+                    StatePart::Deferred {
+                        file,
+                        mut operators,
+                    } => {
+                        let completed = operators.iter_mut().try_for_each(|(_, _, s)| s.complete());
+                        if let Err(e) = completed {
+                            done(Written::Failed {
+                                task: r.task,
+                                checkpoint: r.checkpoint,
+                                error: CheckpointError::Snapshot {
+                                    task: r.task,
+                                    message: e.to_string(),
+                                },
+                            });
+                            continue;
+                        }
+                        encode_state_file(file, &operators).map(|(bytes, index)| {
+                            r.snapshot.state = Some(index);
+                            Arc::<[u8]>::from(bytes)
+                        })
+                    }
+                    StatePart::Ready(bytes) => Some(bytes),
+                    StatePart::None => None,
+                };
+                let file = match (&ready, &r.snapshot.state) {
                     (Some(bytes), Some(state)) => {
                         match store.put_file(&r.dir, &state.file, bytes) {
                             Ok(entry) => Some(entry),
@@ -408,7 +454,10 @@ impl Coordinator {
             checkpoint: p.id,
             dir: p.dir.clone(),
             snapshot: f.snapshot.clone(),
-            state: f.state.clone(),
+            state: match &f.state {
+                Some(bytes) => StatePart::Ready(bytes.clone()),
+                None => StatePart::None,
+            },
         });
     }
 

@@ -111,6 +111,8 @@ pub enum CheckpointError {
     NotRunning,
     #[error("{url}: {message}")]
     Remote { url: String, message: String },
+    #[error("the snapshot of task {task} could not be written: {message}")]
+    Snapshot { task: usize, message: String },
 }
 
 /// Ends the process abruptly at a named point of the checkpoint protocol

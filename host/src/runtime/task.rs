@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::checkpoint::coordinator::WriteRequest;
+use crate::checkpoint::coordinator::{StatePart, WriteRequest};
 use crate::checkpoint::manifest::{SinkSnapshot, SourceSnapshot, TaskSnapshot, encode_state_file};
 use crate::checkpoint::{Barrier, CheckpointId};
 use crate::connectors::{ConnectorError, Poll, Sink, Source};
@@ -105,7 +105,7 @@ pub struct TaskLink {
 }
 
 /// A task's snapshot and the bytes of its state file, if it has state.
-type SnapshotParts = (TaskSnapshot, Option<Arc<[u8]>>);
+type SnapshotParts = (TaskSnapshot, StatePart);
 
 /// Barrier alignment in progress.
 struct Alignment {
@@ -372,24 +372,37 @@ impl Task {
         }
     }
 
-    /// Snapshots the operators and pre-commits the sinks.
+    /// Snapshots the operators and pre-commits the sinks. With `defer`,
+    /// state a backend froze is left for the checkpoint writer to write.
     fn snapshot(
         &mut self,
         checkpoint: CheckpointId,
         finished: bool,
         source: Option<SourceSnapshot>,
+        defer: bool,
     ) -> Result<SnapshotParts, TaskError> {
         let mut operators = Vec::new();
+        let task = &self.name;
         for (i, op) in self.operators.iter_mut().enumerate() {
             let range = self.link.operator_key_groups[i].clone();
             let mut snapshot = KeyedSnapshot::new(range.clone());
             op.snapshot(&mut snapshot)?;
+            if !defer {
+                snapshot.complete().map_err(|e| TaskError::Internal {
+                    task: task.clone(),
+                    message: format!("snapshot: {e}"),
+                })?;
+            }
             operators.push((self.link.operator_names[i].clone(), range, snapshot));
         }
         let file = format!("task-{}-{}.state", self.link.group, self.link.instance);
-        let (state, bytes) = match encode_state_file(file, &operators) {
-            Some((bytes, state)) => (Some(state), Some(Arc::from(bytes))),
-            None => (None, None),
+        let (state, bytes) = if operators.iter().any(|(_, _, s)| s.is_deferred()) {
+            (None, StatePart::Deferred { file, operators })
+        } else {
+            match encode_state_file(file, &operators) {
+                Some((bytes, state)) => (Some(state), StatePart::Ready(Arc::from(bytes))),
+                None => (None, StatePart::None),
+            }
         };
         let mut sinks = Vec::new();
         if let Tail::Sink(sink) = &mut self.tail {
@@ -466,7 +479,7 @@ impl Task {
         barrier: &Barrier,
         source: Option<SourceSnapshot>,
     ) -> Result<(), TaskError> {
-        let (snapshot, state) = self.snapshot(barrier.id, false, source)?;
+        let (snapshot, state) = self.snapshot(barrier.id, false, source, true)?;
         self.last_snapshot = barrier.id;
         // The writer is gone only when the job is being torn down.
         let _ = self.link.writer.send(WriteRequest {
@@ -713,7 +726,10 @@ impl Task {
                 })?
         }
         let (snapshot, state) = if self.link.final_state {
-            self.snapshot(CheckpointId::MAX, true, source)?
+            match self.snapshot(CheckpointId::MAX, true, source, false)? {
+                (snapshot, StatePart::Ready(bytes)) => (snapshot, Some(bytes)),
+                (snapshot, _) => (snapshot, None),
+            }
         } else {
             (TaskSnapshot::default(), None)
         };

@@ -78,6 +78,8 @@ pub enum StateError {
     TooManyStates,
     #[error("{0} cached writes not yet written: call prepare_snapshot before iterating")]
     UnflushedWrites(usize),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// One stored item, as iterated for snapshots and rescaling.
@@ -160,6 +162,14 @@ pub trait StateBackend: Send {
     /// Makes every write visible to [`StateBackend::for_each_in_key_group`].
     fn prepare_snapshot(&mut self) -> Result<(), StateError> {
         Ok(())
+    }
+
+    /// Freezes the current state cheaply and returns the work of writing it
+    /// into a snapshot, to be run later on another thread (the checkpoint
+    /// writer) while this backend goes on changing; `None` when the backend
+    /// can only be copied out now.
+    fn snapshot_later(&mut self) -> Result<Option<snapshot::Deferred>, StateError> {
+        Ok(None)
     }
 
     fn map_get(
@@ -373,6 +383,7 @@ mod conformance {
             }
             let mut snap = KeyedSnapshot::new(0..8);
             snap.add_backend(b).unwrap();
+            snap.complete().unwrap();
             let sections: Vec<(u32, Vec<u8>)> =
                 snap.sections().map(|(g, s)| (g, s.to_vec())).collect();
             snapshots.push((name, all_entries(b), sections));

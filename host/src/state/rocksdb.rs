@@ -30,7 +30,7 @@
 //! `block_cache` whatever the number of instances or the size of the state.
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hashbrown::HashTable;
 use rocksdb::{
@@ -38,6 +38,7 @@ use rocksdb::{
     WriteBatch, WriteBufferManager, WriteOptions,
 };
 
+use super::snapshot::{Deferred, KeyedSnapshot};
 use super::{MapEntries, StateBackend, StateEntry, StateError, StateId, StateKind, ValueHandle};
 
 /// Sizes and place of a job's RocksDB state (the spec's `rocksdb:` section).
@@ -124,6 +125,15 @@ impl RocksDbShared {
             DB::destroy(&options, &path).map_err(storage)?;
             let _ = std::fs::remove_dir_all(&path);
         }
+        // So are frozen copies a killed process had not written yet.
+        if let Ok(entries) = std::fs::read_dir(&self.job_dir) {
+            let frozen = format!("{operator}-{instance}.frozen-");
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&frozen) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         std::fs::create_dir_all(&path).map_err(|e| StateError::Storage {
             path: path.clone(),
             message: e.to_string(),
@@ -141,6 +151,7 @@ impl RocksDbShared {
             cache: ValueCache::default(),
             cache_budget: self.config.value_cache_bytes,
             key_buf: Vec::new(),
+            snapshots: 0,
         })
     }
 }
@@ -235,6 +246,8 @@ pub struct RocksDbBackend {
     cache: ValueCache,
     cache_budget: usize,
     key_buf: Vec<u8>,
+    /// Frozen copies made so far (for their folder names).
+    snapshots: u64,
 }
 
 const PREFIX_LEN: usize = 8;
@@ -644,36 +657,96 @@ impl StateBackend for RocksDbBackend {
         if self.cache.dirty > 0 {
             return Err(StateError::UnflushedWrites(self.cache.dirty));
         }
-        let prefix = (key_group as u16).to_be_bytes();
-        self.iterate(&prefix, |db_key, value| {
-            let corrupt = || StateError::Storage {
-                path: self.path.clone(),
-                message: format!("undecodable key {}", hex::encode(db_key)),
-            };
-            let k = decode_key(db_key).ok_or_else(corrupt)?;
-            let (state, kind) = self.states.get(k.state as usize).ok_or_else(corrupt)?;
-            let state = state.as_str();
-            visit(match kind {
-                StateKind::Value => StateEntry::Value {
-                    state,
-                    key: k.key,
-                    value,
-                },
-                StateKind::Map => StateEntry::MapEntry {
-                    state,
-                    key: k.key,
-                    map_key: k.suffix,
-                    value,
-                },
-                StateKind::List => StateEntry::ListItem {
-                    state,
-                    key: k.key,
-                    value,
-                },
-            });
-            Ok(())
-        })
+        visit_key_group(&self.db, &self.path, &self.states, key_group, visit)
     }
+
+    /// A RocksDB checkpoint of the instance (hard links to its immutable
+    /// files, after its cached writes and memtables are flushed) is the
+    /// frozen copy; the checkpoint writer reads it and deletes it.
+    fn snapshot_later(&mut self) -> Result<Option<Deferred>, StateError> {
+        self.flush_cache()?;
+        self.snapshots += 1;
+        let frozen = frozen_dir(&self.path, self.snapshots);
+        let _ = std::fs::remove_dir_all(&frozen);
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(&frozen))
+            .map_err(|e| self.storage(e))?;
+        let states = self.states.clone();
+        let key_groups = self.key_groups.clone();
+        Ok(Some(Box::new(move |out: &mut KeyedSnapshot| {
+            let _remove = RemoveOnDrop(frozen.clone());
+            let db = DB::open_for_read_only(&Options::default(), &frozen, false).map_err(|e| {
+                StateError::Storage {
+                    path: frozen.clone(),
+                    message: e.into_string(),
+                }
+            })?;
+            let mut failed = None;
+            for key_group in key_groups {
+                visit_key_group(&db, &frozen, &states, key_group, &mut |e| {
+                    if let Err(e) = out.push_state(key_group, e) {
+                        failed.get_or_insert(e);
+                    }
+                })?;
+            }
+            failed.map_or(Ok(()), Err)
+        })))
+    }
+}
+
+/// Where frozen copy `n` of the instance in `path` goes.
+fn frozen_dir(path: &Path, n: u64) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".frozen-{n}"));
+    path.with_file_name(name)
+}
+
+/// Visits every entry of one key group of `db`.
+fn visit_key_group(
+    db: &DB,
+    path: &Path,
+    states: &[(String, StateKind)],
+    key_group: u32,
+    visit: &mut dyn FnMut(StateEntry<'_>),
+) -> Result<(), StateError> {
+    let storage = |message: String| StateError::Storage {
+        path: path.to_owned(),
+        message,
+    };
+    let prefix = (key_group as u16).to_be_bytes();
+    let mut read = ReadOptions::default();
+    read.set_iterate_upper_bound(prefix_end(&prefix));
+    // A snapshot touches each block once: keep it out of the cache the hot
+    // keys live in.
+    read.fill_cache(false);
+    let mut it: DBRawIterator<'_> = db.raw_iterator_opt(read);
+    it.seek(prefix);
+    while let (Some(db_key), Some(value)) = (it.key(), it.value()) {
+        let corrupt = || storage(format!("undecodable key {}", hex::encode(db_key)));
+        let k = decode_key(db_key).ok_or_else(corrupt)?;
+        let (state, kind) = states.get(k.state as usize).ok_or_else(corrupt)?;
+        let state = state.as_str();
+        visit(match kind {
+            StateKind::Value => StateEntry::Value {
+                state,
+                key: k.key,
+                value,
+            },
+            StateKind::Map => StateEntry::MapEntry {
+                state,
+                key: k.key,
+                map_key: k.suffix,
+                value,
+            },
+            StateKind::List => StateEntry::ListItem {
+                state,
+                key: k.key,
+                value,
+            },
+        });
+        it.next();
+    }
+    it.status().map_err(|e| storage(e.into_string()))
 }
 
 #[cfg(test)]
@@ -692,6 +765,60 @@ mod tests {
             },
             "test",
         )
+    }
+
+    #[test]
+    fn a_snapshot_is_frozen_at_the_barrier_and_written_later() {
+        let dir = std::env::temp_dir().join(format!("weir-rocks-frozen-{}", std::process::id()));
+        let shared = shared(&dir, 1 << 20);
+        let mut b = shared.open("op", 0, 0..4).unwrap();
+        let v = b.register("v", StateKind::Value).unwrap();
+        b.value_put(v, 1, b"k", b"1").unwrap();
+        let mut snap = KeyedSnapshot::new(0..4);
+        snap.add_backend(&mut b).unwrap();
+        assert!(snap.is_deferred(), "rocksdb freezes instead of copying");
+        // Writes after the barrier are not in the snapshot.
+        b.value_put(v, 1, b"k", b"2").unwrap();
+        b.value_put(v, 2, b"other", b"3").unwrap();
+        b.prepare_snapshot().unwrap();
+        let frozen: Vec<_> = std::fs::read_dir(dir.join("test"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".frozen-"))
+            .collect();
+        assert_eq!(frozen.len(), 1, "one frozen copy until it is written");
+        snap.complete().unwrap();
+        let sections: Vec<(u32, Vec<u8>)> = snap.sections().map(|(g, s)| (g, s.to_vec())).collect();
+        assert_eq!(
+            sections.len(),
+            1,
+            "only key group 1 had state at the barrier"
+        );
+        let mut values = Vec::new();
+        crate::state::snapshot::decode::<crate::state::snapshot::SnapshotError>(
+            &sections[0].1,
+            &mut |e| {
+                if let crate::state::snapshot::SnapshotEntry::State(StateEntry::Value {
+                    value,
+                    ..
+                }) = e
+                {
+                    values.push(value.to_vec());
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(values, vec![b"1".to_vec()]);
+        assert!(
+            !std::fs::read_dir(dir.join("test"))
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().contains(".frozen-")),
+            "the frozen copy is deleted once written"
+        );
+        drop(b);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

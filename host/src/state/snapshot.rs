@@ -46,11 +46,26 @@ pub enum SnapshotError {
     },
 }
 
-/// Entries of one operator instance, bucketed by key group as they are written.
-#[derive(Debug)]
+/// Work that writes a frozen copy of a backend's state into a snapshot.
+pub type Deferred = Box<dyn FnOnce(&mut KeyedSnapshot) -> Result<(), StateError> + Send>;
+
+/// Entries of one operator instance, bucketed by key group as they are
+/// written; entries of a backend that froze its state are written later
+/// by [`KeyedSnapshot::complete`].
 pub struct KeyedSnapshot {
     first: u32,
     groups: Vec<Vec<u8>>,
+    deferred: Vec<Deferred>,
+}
+
+impl std::fmt::Debug for KeyedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedSnapshot")
+            .field("first", &self.first)
+            .field("groups", &self.groups.len())
+            .field("deferred", &self.deferred.len())
+            .finish()
+    }
 }
 
 impl KeyedSnapshot {
@@ -58,7 +73,28 @@ impl KeyedSnapshot {
         KeyedSnapshot {
             first: key_groups.start,
             groups: vec![Vec::new(); key_groups.len()],
+            deferred: Vec::new(),
         }
+    }
+
+    /// Whether entries are still to be written by [`KeyedSnapshot::complete`].
+    pub fn is_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// Writes the entries of frozen backends (on the checkpoint writer's
+    /// thread, while the task goes on).
+    pub fn complete(&mut self) -> Result<(), StateError> {
+        for work in std::mem::take(&mut self.deferred) {
+            work(self)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a state entry of key group `key_group`.
+    pub fn push_state(&mut self, key_group: u32, entry: StateEntry<'_>) -> Result<(), StateError> {
+        self.push(key_group, SnapshotEntry::State(entry))
+            .map_err(|e| StateError::Snapshot(e.to_string()))
     }
 
     pub fn push(&mut self, key_group: u32, entry: SnapshotEntry<'_>) -> Result<(), SnapshotError> {
@@ -75,8 +111,13 @@ impl KeyedSnapshot {
         Ok(())
     }
 
-    /// Adds every state entry of `backend`, key group by key group.
+    /// Adds every state entry of `backend`, key group by key group: now, or
+    /// later from a frozen copy when the backend can make one.
     pub fn add_backend(&mut self, backend: &mut dyn StateBackend) -> Result<(), StateError> {
+        if let Some(work) = backend.snapshot_later()? {
+            self.deferred.push(work);
+            return Ok(());
+        }
         backend.prepare_snapshot()?;
         for key_group in backend.key_groups() {
             let index = (key_group - self.first) as usize;
