@@ -457,3 +457,57 @@ fn a_crash_before_the_kafka_commit_drops_that_checkpoint_and_replays_its_output(
         "the restart drops the checkpoint whose transaction did not commit: {log}"
     );
 }
+
+#[test]
+fn a_producer_left_by_an_earlier_run_is_fenced_when_the_job_starts_at_any_parallelism() {
+    let broker = Broker::start();
+    broker.create_topic("zombie-in", 3);
+    broker.create_topic("zombie-out", 3);
+    let input = clicks(3_000, 30);
+    broker.produce("zombie-in", &input);
+    // An earlier run's producer, still alive, with an open transaction on
+    // an id of the sink's pool (the pool does not depend on parallelism, so
+    // a run at parallelism 1 fences what a run at 3 left).
+    let zombie: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.address())
+        .set("transactional.id", "weir-kafka-zombie-1")
+        .create()
+        .unwrap();
+    zombie.init_transactions(Duration::from_secs(30)).unwrap();
+    zombie.begin_transaction().unwrap();
+    // Shaped like a result (8-byte key and value), so the reader can parse
+    // it if the broker shows aborted records, as tansu does.
+    let marker = u64::MAX.to_le_bytes();
+    let record = BaseRecord::to("zombie-out")
+        .partition(0)
+        .key(&marker[..])
+        .payload(&marker[..]);
+    zombie.send(record).map_err(|(e, _)| e).unwrap();
+    zombie.flush(Duration::from_secs(30)).unwrap();
+
+    let mut spec = window_job(
+        &broker,
+        "kafka-zombie",
+        ("zombie-in", "zombie-out"),
+        ", bounded: true",
+        "",
+    );
+    spec.parallelism = 1;
+    weir::runtime::run(&spec, &env()).expect("the job runs");
+    // A broker answers a fenced producer's commit with PRODUCER_FENCED;
+    // tansu answers with an error librdkafka retries until the call times
+    // out. Either way the zombie's transaction does not commit, which is
+    // what exactly-once needs; the job's own commits on the same id did.
+    let commit = zombie.commit_transaction(Duration::from_secs(10));
+    assert!(
+        commit.is_err(),
+        "the zombie's transaction cannot commit after the job started: {commit:?}"
+    );
+    let got = windows_read(&broker.read_all("zombie-out", 3));
+    let expected: Vec<_> = expected_windows(&input).into_iter().collect();
+    let got_results: std::collections::BTreeSet<_> = got.iter().cloned().collect();
+    assert!(
+        expected.iter().all(|e| got_results.contains(e)),
+        "every result of the job is committed"
+    );
+}
