@@ -558,6 +558,13 @@ pub struct WatermarkSpec {
     /// it is counted and still processed. Default one day.
     #[serde(default = "default_future_horizon", deserialize_with = "duration")]
     pub future_horizon: Duration,
+    /// Watermark alignment: an instance of this source whose watermark runs
+    /// more than this ahead of the slowest instance's pauses until it
+    /// catches up, so downstream windows do not pile up behind the slowest.
+    /// Off by default: an instance that has no records and no
+    /// `idle_timeout` would hold the others back for good.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_drift: Option<Duration>,
 }
 
 fn default_future_horizon() -> Duration {
@@ -579,6 +586,7 @@ impl Default for WatermarkSpec {
             interval: default_watermark_interval(),
             idle_timeout: None,
             future_horizon: default_future_horizon(),
+            max_drift: None,
         }
     }
 }

@@ -43,8 +43,8 @@ use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{InstanceInfo, Operator, OperatorError};
 use crate::runtime::router::{Envelope, Fanout, Router};
 use crate::runtime::task::{
-    DEAD_LETTER_SINK, FinalSnapshot, Head, Rejects, SharedCounters, SourceTime, Tail, Task,
-    TaskError, TaskLink, TaskStats,
+    Aligned, AlignmentGroup, DEAD_LETTER_SINK, FinalSnapshot, Head, Rejects, SharedCounters,
+    SourceTime, Tail, Task, TaskError, TaskLink, TaskStats,
 };
 use crate::state::{RocksDbConfig, RocksDbShared, StateFactory};
 use crate::time::{BoundedOutOfOrderness, InputWatermarks};
@@ -1012,6 +1012,7 @@ fn run_once(
     }
     let mut triggers = Vec::new();
     let mut handles = Vec::new();
+    let mut alignment_groups: BTreeMap<String, Arc<AlignmentGroup>> = BTreeMap::new();
     for (gi, group) in groups.iter().enumerate() {
         for instance in 0..group.parallelism {
             let index = handles.len();
@@ -1047,6 +1048,22 @@ fn run_once(
                     source_splits.insert(source_name.clone(), n);
                 }
                 let mut time = SourceTime::new(&watermark_spec);
+                if let Some(drift) = watermark_spec.max_drift {
+                    let group = alignment_groups
+                        .entry(source_name.clone())
+                        .or_insert_with(|| {
+                            Arc::new(AlignmentGroup {
+                                watermarks: (0..group.parallelism)
+                                    .map(|_| std::sync::atomic::AtomicI64::new(i64::MIN))
+                                    .collect(),
+                                max_drift_ms: drift.as_millis().min(i64::MAX as u128) as i64,
+                            })
+                        });
+                    time.alignment = Some(Aligned {
+                        group: group.clone(),
+                        instance: instance as usize,
+                    });
+                }
                 if let Some(c) = &restore {
                     time.watermarks = BoundedOutOfOrderness::resuming(
                         watermark_spec.max_out_of_orderness.as_millis() as i64,

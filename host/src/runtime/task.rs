@@ -127,6 +127,40 @@ pub struct SourceTime {
     pub interval: Duration,
     pub idle_timeout: Option<Duration>,
     pub future_horizon_ms: i64,
+    /// Watermark alignment with the source's other instances.
+    pub alignment: Option<Aligned>,
+}
+
+/// The watermarks of all instances of one source, for alignment: an
+/// instance more than `max_drift_ms` ahead of the slowest waits. An idle or
+/// finished instance counts as `i64::MAX` (it holds nobody back).
+pub struct AlignmentGroup {
+    pub watermarks: Vec<std::sync::atomic::AtomicI64>,
+    pub max_drift_ms: i64,
+}
+
+/// One source instance's place in its [`AlignmentGroup`].
+pub struct Aligned {
+    pub group: Arc<AlignmentGroup>,
+    pub instance: usize,
+}
+
+impl Aligned {
+    fn publish(&self, watermark: i64) {
+        self.group.watermarks[self.instance].store(watermark, Ordering::Relaxed);
+    }
+
+    /// Whether this instance has run too far ahead of the slowest.
+    fn ahead(&self, watermark: i64) -> bool {
+        let slowest = self
+            .group
+            .watermarks
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(i64::MAX);
+        watermark != i64::MIN && watermark > slowest.saturating_add(self.group.max_drift_ms)
+    }
 }
 
 impl SourceTime {
@@ -137,6 +171,7 @@ impl SourceTime {
             interval: spec.interval,
             idle_timeout: spec.idle_timeout,
             future_horizon_ms: ms(spec.future_horizon),
+            alignment: None,
         }
     }
 
@@ -802,6 +837,16 @@ impl Task {
                     return self.stop();
                 }
             }
+            if let Some(a) = &time.alignment
+                && a.ahead(self.watermark)
+            {
+                // Ahead of the slowest instance: hold back, but keep
+                // flushing, firing timers and taking barriers.
+                self.flush_due()?;
+                self.fire_processing_timers()?;
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
             batch.clear();
             batch.origin = Some(Instant::now());
             let poll = source.poll(&mut batch, self.batch_size)?;
@@ -833,6 +878,9 @@ impl Task {
             }
             self.run_chain(0, &batch)?;
             if poll == Poll::End {
+                if let Some(a) = &time.alignment {
+                    a.publish(i64::MAX);
+                }
                 let required = self.link.final_state;
                 let position = self.source_snapshot(source.as_ref(), &time, required)?;
                 return self.finish(position);
@@ -841,12 +889,18 @@ impl Task {
                 last_watermark = Instant::now();
                 let cap = source.slowest_split_timestamp();
                 self.advance_watermark(time.watermarks.current_capped(cap))?;
+                if let Some(a) = &time.alignment {
+                    a.publish(self.watermark);
+                }
             }
             if let Some(timeout) = time.idle_timeout
                 && !idle
                 && last_record.elapsed() >= timeout
             {
                 idle = true;
+                if let Some(a) = &time.alignment {
+                    a.publish(i64::MAX);
+                }
                 self.flush_due()?;
                 self.broadcast_idle()?;
             }

@@ -432,3 +432,88 @@ fn a_far_future_timestamp_does_not_move_the_watermark() {
     // It is processed, not dropped: its window fires when the input ends.
     assert_eq!(clicks_of(&main, "bad"), 1);
 }
+
+/// Generator events for one instance, each poll of the slow instance taking
+/// a millisecond; records the highest event time each instance has emitted.
+struct Paced {
+    inner: Box<dyn Source>,
+    instance: usize,
+    emitted: Arc<[AtomicU64; 2]>,
+}
+
+impl Source for Paced {
+    fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
+        if self.instance == 1 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let poll = self.inner.poll(out, max)?;
+        if let Some(t) = out.max_timestamp() {
+            self.emitted[self.instance].fetch_max(t as u64, Ordering::Relaxed);
+        }
+        Ok(poll)
+    }
+
+    fn positions(&self) -> Option<Vec<weir::connectors::SplitPosition>> {
+        self.inner.positions()
+    }
+}
+
+/// How far (in event-time ms) the fast instance of a two-instance source
+/// got ahead of the slow one at most, with the given watermark settings.
+fn largest_lead(watermark: &str) -> u64 {
+    let events = 60_000;
+    let spec = JobSpec::parse(&format!(
+        "name: drift\nparallelism: 2\nbatch: {{size: 16, linger: 1ms}}\n\
+         source: {{type: embedded, watermark: {{interval: 0ms{watermark}}}}}\n\
+         operators: [{{name: count, module: window-count, input: key, window: {{type: tumbling, size: 100ms}}}}]\n\
+         sink: {{type: discard}}\n"
+    ))
+    .unwrap();
+    let generator = JobSpec::parse(&format!(
+        "name: g\nsource: {{type: generator, events: {events}, keys: 50}}\n\
+         operators: [{{name: p, native: passthrough}}]\nsink: {{type: discard}}\n"
+    ))
+    .unwrap()
+    .source;
+    let emitted: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let mut job_env = env();
+    let seen = emitted.clone();
+    job_env.embedded_source = Some(Arc::new(move |a: &weir::connectors::SourceAssignment| {
+        Box::new(Paced {
+            inner: weir::connectors::build_source(&generator, a).unwrap(),
+            instance: a.instance as usize,
+            emitted: seen.clone(),
+        })
+    }));
+    let handle = weir::runtime::start(&spec, &job_env, Default::default()).unwrap();
+    let mut lead = 0;
+    while !handle.is_finished() {
+        let (fast, slow) = (
+            emitted[0].load(Ordering::Relaxed),
+            emitted[1].load(Ordering::Relaxed),
+        );
+        if slow < events as u64 - 2_000 {
+            lead = lead.max(fast.saturating_sub(slow));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let report = handle.wait().unwrap();
+    assert_eq!(report.records_in, events as u64, "every event read");
+    assert_eq!(report.late_records, 0);
+    lead
+}
+
+#[test]
+fn watermark_alignment_holds_a_fast_source_instance_near_the_slowest() {
+    let free = largest_lead("");
+    let aligned = largest_lead(", max_drift: 100ms");
+    assert!(
+        free > 5_000,
+        "without alignment the fast instance runs ahead: {free} ms"
+    );
+    // The bound plus what a batch and a watermark interval add.
+    assert!(
+        aligned <= 400,
+        "aligned, the lead stays near the drift bound: {aligned} ms"
+    );
+}
