@@ -23,7 +23,7 @@ pub struct Generator {
     format: GeneratorFormat,
     text: String,
     /// Events per second at most, and the pacing clock.
-    rate: Option<(u64, std::time::Instant, u64)>,
+    rate: Option<Pacer>,
 }
 
 impl Generator {
@@ -69,26 +69,59 @@ impl Generator {
 
     /// Paces the generator to at most `rate` events per second.
     pub fn with_rate(mut self, rate: Option<u64>) -> Self {
-        self.rate = rate.map(|r| (r.max(1), std::time::Instant::now(), 0));
+        self.rate = rate.map(Pacer::new);
         self
     }
 
     /// Sleeps until `max` more events are due; returns how many may go now.
     fn pace(&mut self, max: usize) -> usize {
-        let Some((rate, since, sent)) = &mut self.rate else {
-            return max;
-        };
-        let due = (since.elapsed().as_secs_f64() * *rate as f64) as u64;
-        if due <= *sent {
+        self.rate.as_mut().map_or(max, |p| p.allow(max))
+    }
+}
+
+/// At most `rate` events per second, for the generated sources.
+pub(crate) struct Pacer {
+    rate: u64,
+    since: std::time::Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    pub(crate) fn new(rate: u64) -> Self {
+        Pacer {
+            rate: rate.max(1),
+            since: std::time::Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// Sleeps until `max` more events are due; returns how many may go now.
+    pub(crate) fn allow(&mut self, max: usize) -> usize {
+        let due = (self.since.elapsed().as_secs_f64() * self.rate as f64) as u64;
+        if due <= self.sent {
             // Come back when the next event is due, but stay responsive.
-            let wait = std::time::Duration::from_secs_f64(1.0 / *rate as f64);
+            let wait = std::time::Duration::from_secs_f64(1.0 / self.rate as f64);
             std::thread::sleep(wait.min(std::time::Duration::from_millis(5)));
             return 0;
         }
-        let n = ((due - *sent) as usize).min(max);
-        *sent += n as u64;
+        let n = ((due - self.sent) as usize).min(max);
+        self.sent += n as u64;
         n
     }
+}
+
+/// The positions of a generated source's splits, each `(split, next event,
+/// highest event time)`.
+pub(crate) fn split_positions(splits: &[(u32, u64, i64)]) -> Vec<SplitPosition> {
+    splits
+        .iter()
+        .map(|&(split, next, max)| SplitPosition {
+            split,
+            offset: next,
+            line: 0,
+            max_timestamp: (max != i64::MIN).then_some(max),
+        })
+        .collect()
 }
 
 impl Source for Generator {
@@ -98,17 +131,7 @@ impl Source for Generator {
     }
 
     fn positions(&self) -> Option<Vec<SplitPosition>> {
-        Some(
-            self.splits
-                .iter()
-                .map(|&(split, next, max)| SplitPosition {
-                    split,
-                    offset: next,
-                    line: 0,
-                    max_timestamp: (max != i64::MIN).then_some(max),
-                })
-                .collect(),
-        )
+        Some(split_positions(&self.splits))
     }
 
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {

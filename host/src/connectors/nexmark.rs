@@ -26,6 +26,7 @@
 
 use weir_nexmark::{Auction, Bid, Event, Person};
 
+use super::generator::{Pacer, split_positions};
 use super::{ConnectorError, Poll, Source, SourceAssignment, SplitPosition};
 use crate::runtime::batch::RecordBatch;
 
@@ -338,7 +339,7 @@ pub struct NexmarkSource {
     generator: NexmarkGenerator,
     value: Vec<u8>,
     /// Events per second at most, and the pacing clock.
-    rate: Option<(u64, std::time::Instant, u64)>,
+    rate: Option<Pacer>,
 }
 
 impl NexmarkSource {
@@ -376,24 +377,13 @@ impl NexmarkSource {
 
     /// Paces the source to at most `rate` events per second.
     pub fn with_rate(mut self, rate: Option<u64>) -> Self {
-        self.rate = rate.map(|r| (r.max(1), std::time::Instant::now(), 0));
+        self.rate = rate.map(Pacer::new);
         self
     }
 
     /// Sleeps until `max` more events are due; returns how many may go now.
     fn pace(&mut self, max: usize) -> usize {
-        let Some((rate, since, sent)) = &mut self.rate else {
-            return max;
-        };
-        let due = (since.elapsed().as_secs_f64() * *rate as f64) as u64;
-        if due <= *sent {
-            let wait = std::time::Duration::from_secs_f64(1.0 / *rate as f64);
-            std::thread::sleep(wait.min(std::time::Duration::from_millis(5)));
-            return 0;
-        }
-        let n = ((due - *sent) as usize).min(max);
-        *sent += n as u64;
-        n
+        self.rate.as_mut().map_or(max, |p| p.allow(max))
     }
 }
 
@@ -403,17 +393,7 @@ impl Source for NexmarkSource {
     }
 
     fn positions(&self) -> Option<Vec<SplitPosition>> {
-        Some(
-            self.splits
-                .iter()
-                .map(|&(split, next, max)| SplitPosition {
-                    split,
-                    offset: next,
-                    line: 0,
-                    max_timestamp: (max != i64::MIN).then_some(max),
-                })
-                .collect(),
-        )
+        Some(split_positions(&self.splits))
     }
 
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {

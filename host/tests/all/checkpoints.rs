@@ -406,22 +406,15 @@ fn a_savepoint_at_parallelism_2_resumes_at_3_and_at_1_with_the_uninterrupted_res
     for parallelism in [3, 1] {
         let out = tmp.path(&format!("resumed-{parallelism}"));
         copy_dir(&first, &out);
-        let report = weir::runtime::start(
+        let report = crate::support::resume_from(
             &window_spec(
                 parallelism,
                 &out,
                 &tmp.path(&format!("ck-{parallelism}")),
                 None,
             ),
-            &env(),
-            StartOptions {
-                restore: RestoreFrom::Savepoint(savepoint.clone()),
-            },
-        )
-        .unwrap()
-        .wait()
-        .unwrap();
-        assert_eq!(report.restored_from.as_ref(), Some(&savepoint));
+            &savepoint,
+        );
         assert_eq!(report.late_records, 0);
         assert!(
             committed_lines(&out) == expected,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use weir::graph::JobSpec;
-use weir::runtime::{RestoreFrom, StartOptions};
+use weir::runtime::StartOptions;
 
 use crate::support::{TempDir, committed_lines, env, read_pairs};
 
@@ -153,17 +153,7 @@ fn a_join_stopped_with_a_savepoint_resumes_at_another_parallelism_with_the_full_
         "the savepoint holds the named source's position: {manifest}"
     );
 
-    let resumed = weir::runtime::start(
-        &with(1, &first, false),
-        &env(),
-        StartOptions {
-            restore: RestoreFrom::Savepoint(savepoint.clone()),
-        },
-    )
-    .unwrap()
-    .wait()
-    .unwrap();
-    assert_eq!(resumed.restored_from.as_ref(), Some(&savepoint));
+    crate::support::resume_from(&with(1, &first, false), &savepoint);
     let mut pairs: Vec<(u64, u64)> = committed_lines(&first)
         .iter()
         .map(|line| {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use weir::graph::JobSpec;
-use weir::runtime::{RestoreFrom, StartOptions};
+use weir::runtime::StartOptions;
 
 use crate::support::{TempDir, committed_lines, env, read_pairs};
 
@@ -201,17 +201,7 @@ fn a_rocksdb_savepoint_resumes_on_rocksdb_at_3_and_on_memory_at_1() {
     for (backend, parallelism) in [("rocksdb", 3), ("memory", 1)] {
         let out = tmp.path(&format!("resumed-{backend}"));
         crate::checkpoints::copy_dir(&first, &out);
-        let report = weir::runtime::start(
-            &spec(backend, parallelism, &out, ""),
-            &env(),
-            StartOptions {
-                restore: RestoreFrom::Savepoint(savepoint.clone()),
-            },
-        )
-        .unwrap()
-        .wait()
-        .unwrap();
-        assert_eq!(report.restored_from.as_ref(), Some(&savepoint));
+        crate::support::resume_from(&spec(backend, parallelism, &out, ""), &savepoint);
         assert!(
             committed_lines(&out) == expected,
             "resumed on {backend} at {parallelism}: output differs from the uninterrupted run"

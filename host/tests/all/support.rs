@@ -283,3 +283,19 @@ pub fn post_with_token(url: &str, token: &str, body: Vec<u8>) -> (u16, String) {
         (status, response.text().await.unwrap_or_default())
     })
 }
+
+/// Runs `spec` from `savepoint` to its end; checks it restored from there.
+pub fn resume_from(spec: &weir::graph::JobSpec, savepoint: &Path) -> weir::runtime::JobReport {
+    let report = weir::runtime::start(
+        spec,
+        &env(),
+        weir::runtime::StartOptions {
+            restore: weir::runtime::RestoreFrom::Savepoint(savepoint.to_owned()),
+        },
+    )
+    .expect("the job starts")
+    .wait()
+    .expect("the resumed job runs");
+    assert_eq!(report.restored_from.as_deref(), Some(savepoint));
+    report
+}
