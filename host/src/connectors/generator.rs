@@ -34,26 +34,7 @@ impl Generator {
         format: GeneratorFormat,
         assignment: &SourceAssignment,
     ) -> Self {
-        let (mut splits, step) = match &assignment.restored {
-            None => (
-                vec![(
-                    assignment.instance,
-                    u64::from(assignment.instance),
-                    i64::MIN,
-                )],
-                u64::from(assignment.parallelism),
-            ),
-            Some(restored) => (
-                restored
-                    .positions
-                    .iter()
-                    .map(|p| (p.split, p.offset, p.max_timestamp.unwrap_or(i64::MIN)))
-                    .collect(),
-                u64::from(restored.split_count.max(1)),
-            ),
-        };
-        splits.sort_unstable();
-        splits.retain(|&(_, next, _)| next < events);
+        let (splits, step) = generated_splits(assignment, events);
         Generator {
             splits,
             step,
@@ -108,6 +89,37 @@ impl Pacer {
         self.sent += n as u64;
         n
     }
+}
+
+/// The splits a generated source's instance works through, each `(split,
+/// next event, highest event time)`, and the stride between a split's
+/// events: its own split on a fresh start, the restored ones (dealt out by
+/// split count) on a resume; splits already at `events` are done.
+pub(crate) fn generated_splits(
+    assignment: &SourceAssignment,
+    events: u64,
+) -> (Vec<(u32, u64, i64)>, u64) {
+    let (mut splits, step) = match &assignment.restored {
+        None => (
+            vec![(
+                assignment.instance,
+                u64::from(assignment.instance),
+                i64::MIN,
+            )],
+            u64::from(assignment.parallelism),
+        ),
+        Some(restored) => (
+            restored
+                .positions
+                .iter()
+                .map(|p| (p.split, p.offset, p.max_timestamp.unwrap_or(i64::MIN)))
+                .collect(),
+            u64::from(restored.split_count.max(1)),
+        ),
+    };
+    splits.sort_unstable();
+    splits.retain(|&(_, next, _)| next < events);
+    (splits, step)
 }
 
 /// The positions of a generated source's splits, each `(split, next event,

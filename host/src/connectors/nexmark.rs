@@ -26,7 +26,7 @@
 
 use weir_nexmark::{Auction, Bid, Event, Person};
 
-use super::generator::{Pacer, split_positions};
+use super::generator::{Pacer, generated_splits, split_positions};
 use super::{ConnectorError, Poll, Source, SourceAssignment, SplitPosition};
 use crate::runtime::batch::RecordBatch;
 
@@ -344,26 +344,7 @@ pub struct NexmarkSource {
 
 impl NexmarkSource {
     pub fn new(events: u64, events_per_ms: u64, assignment: &SourceAssignment) -> Self {
-        let (mut splits, step) = match &assignment.restored {
-            None => (
-                vec![(
-                    assignment.instance,
-                    u64::from(assignment.instance),
-                    i64::MIN,
-                )],
-                u64::from(assignment.parallelism),
-            ),
-            Some(restored) => (
-                restored
-                    .positions
-                    .iter()
-                    .map(|p| (p.split, p.offset, p.max_timestamp.unwrap_or(i64::MIN)))
-                    .collect(),
-                u64::from(restored.split_count.max(1)),
-            ),
-        };
-        splits.sort_unstable();
-        splits.retain(|&(_, next, _)| next < events);
+        let (splits, step) = generated_splits(assignment, events);
         NexmarkSource {
             splits,
             step,
