@@ -11,13 +11,7 @@ use crate::graph::spec::GeneratorFormat;
 use crate::runtime::batch::RecordBatch;
 
 pub struct Generator {
-    /// (split, next event, highest event time returned) of the splits not
-    /// yet exhausted, in split order.
-    splits: Vec<(u32, u64, i64)>,
-    /// Splits of the whole source, the stride of each split's sequence.
-    step: u64,
-    cursor: usize,
-    events: u64,
+    splits: GeneratedSplits,
     keys: u64,
     events_per_ms: u64,
     format: GeneratorFormat,
@@ -34,12 +28,8 @@ impl Generator {
         format: GeneratorFormat,
         assignment: &SourceAssignment,
     ) -> Self {
-        let (splits, step) = generated_splits(assignment, events);
         Generator {
-            splits,
-            step,
-            cursor: 0,
-            events,
+            splits: GeneratedSplits::new(assignment, events),
             keys,
             events_per_ms,
             format,
@@ -91,81 +81,116 @@ impl Pacer {
     }
 }
 
-/// The splits a generated source's instance works through, each `(split,
-/// next event, highest event time)`, and the stride between a split's
-/// events: its own split on a fresh start, the restored ones (dealt out by
-/// split count) on a resume; splits already at `events` are done.
-pub(crate) fn generated_splits(
-    assignment: &SourceAssignment,
+/// The splits a generated source's instance works through, taken in turn:
+/// its own split on a fresh start, the restored ones (dealt out by split
+/// count) on a resume. Split `s` of `n` holds events `s, s + n, s + 2n, ...`
+/// below `events`.
+pub(crate) struct GeneratedSplits {
+    /// (split, next event, highest event time returned) of the splits not
+    /// yet exhausted, in split order.
+    splits: Vec<(u32, u64, i64)>,
+    /// Splits of the whole source, the stride of each split's sequence.
+    step: u64,
+    cursor: usize,
     events: u64,
-) -> (Vec<(u32, u64, i64)>, u64) {
-    let (mut splits, step) = match &assignment.restored {
-        None => (
-            vec![(
-                assignment.instance,
-                u64::from(assignment.instance),
-                i64::MIN,
-            )],
-            u64::from(assignment.parallelism),
-        ),
-        Some(restored) => (
-            restored
-                .positions
-                .iter()
-                .map(|p| (p.split, p.offset, p.max_timestamp.unwrap_or(i64::MIN)))
-                .collect(),
-            u64::from(restored.split_count.max(1)),
-        ),
-    };
-    splits.sort_unstable();
-    splits.retain(|&(_, next, _)| next < events);
-    (splits, step)
 }
 
-/// The positions of a generated source's splits, each `(split, next event,
-/// highest event time)`.
-pub(crate) fn split_positions(splits: &[(u32, u64, i64)]) -> Vec<SplitPosition> {
-    splits
-        .iter()
-        .map(|&(split, next, max)| SplitPosition {
-            split,
-            offset: next,
-            line: 0,
-            max_timestamp: (max != i64::MIN).then_some(max),
-        })
-        .collect()
+impl GeneratedSplits {
+    pub(crate) fn new(assignment: &SourceAssignment, events: u64) -> Self {
+        let (mut splits, step) = match &assignment.restored {
+            None => (
+                vec![(
+                    assignment.instance,
+                    u64::from(assignment.instance),
+                    i64::MIN,
+                )],
+                u64::from(assignment.parallelism),
+            ),
+            Some(restored) => (
+                restored
+                    .positions
+                    .iter()
+                    .map(|p| (p.split, p.offset, p.max_timestamp.unwrap_or(i64::MIN)))
+                    .collect(),
+                u64::from(restored.split_count.max(1)),
+            ),
+        };
+        splits.sort_unstable();
+        splits.retain(|&(_, next, _)| next < events);
+        GeneratedSplits {
+            splits,
+            step,
+            cursor: 0,
+            events,
+        }
+    }
+
+    /// The next event (its number and event time, from `timestamp`), from
+    /// the next split in turn; `None` once every split is exhausted.
+    #[inline]
+    pub(crate) fn next(&mut self, timestamp: impl Fn(u64) -> i64) -> Option<(u64, i64)> {
+        if self.splits.is_empty() {
+            return None;
+        }
+        if self.cursor >= self.splits.len() {
+            self.cursor = 0;
+        }
+        let (_, next, max) = &mut self.splits[self.cursor];
+        let n = *next;
+        let ts = timestamp(n);
+        *next += self.step;
+        *max = ts;
+        if *next >= self.events {
+            self.splits.remove(self.cursor);
+        } else {
+            self.cursor += 1;
+        }
+        Some((n, ts))
+    }
+
+    pub(crate) fn poll_result(&self) -> Poll {
+        if self.splits.is_empty() {
+            Poll::End
+        } else {
+            Poll::More
+        }
+    }
+
+    /// Also with one split left: the others may have ended ahead of it.
+    pub(crate) fn slowest_timestamp(&self) -> Option<i64> {
+        self.splits.iter().map(|&(_, _, max)| max).min()
+    }
+
+    pub(crate) fn positions(&self) -> Vec<SplitPosition> {
+        self.splits
+            .iter()
+            .map(|&(split, next, max)| SplitPosition {
+                split,
+                offset: next,
+                line: 0,
+                max_timestamp: (max != i64::MIN).then_some(max),
+            })
+            .collect()
+    }
 }
 
 impl Source for Generator {
     fn slowest_split_timestamp(&self) -> Option<i64> {
-        // Also with one split left: the others may have ended ahead of it.
-        self.splits.iter().map(|&(_, _, max)| max).min()
+        self.splits.slowest_timestamp()
     }
 
     fn positions(&self) -> Option<Vec<SplitPosition>> {
-        Some(split_positions(&self.splits))
+        Some(self.splits.positions())
     }
 
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
         use std::fmt::Write;
         let max = self.pace(max);
+        let events_per_ms = self.events_per_ms;
         for _ in 0..max {
-            if self.splits.is_empty() {
+            let Some((i, ts)) = self.splits.next(|i| (i / events_per_ms) as i64) else {
                 return Ok(Poll::End);
-            }
-            if self.cursor >= self.splits.len() {
-                self.cursor = 0;
-            }
-            let (_, next, max) = &mut self.splits[self.cursor];
-            let i = *next;
-            let ts = (i / self.events_per_ms) as i64;
-            *next += self.step;
-            *max = ts;
-            if *next >= self.events {
-                self.splits.remove(self.cursor);
-            } else {
-                self.cursor += 1;
-            }
+            };
             let key = i % self.keys;
             match self.format {
                 GeneratorFormat::Binary => out.push(&key.to_le_bytes(), &i.to_le_bytes(), ts),
@@ -179,11 +204,7 @@ impl Source for Generator {
                 }
             }
         }
-        Ok(if self.splits.is_empty() {
-            Poll::End
-        } else {
-            Poll::More
-        })
+        Ok(self.splits.poll_result())
     }
 }
 

@@ -26,7 +26,7 @@
 
 use weir_nexmark::{Auction, Bid, Event, Person};
 
-use super::generator::{Pacer, generated_splits, split_positions};
+use super::generator::{GeneratedSplits, Pacer};
 use super::{ConnectorError, Poll, Source, SourceAssignment, SplitPosition};
 use crate::runtime::batch::RecordBatch;
 
@@ -329,13 +329,7 @@ pub fn record_key(event: &Event<'_>) -> u64 {
 }
 
 pub struct NexmarkSource {
-    /// (split, next event, highest event time returned) of the splits not
-    /// yet exhausted, in split order.
-    splits: Vec<(u32, u64, i64)>,
-    /// Splits of the whole source, the stride of each split's sequence.
-    step: u64,
-    cursor: usize,
-    events: u64,
+    splits: GeneratedSplits,
     generator: NexmarkGenerator,
     value: Vec<u8>,
     /// Events per second at most, and the pacing clock.
@@ -344,12 +338,8 @@ pub struct NexmarkSource {
 
 impl NexmarkSource {
     pub fn new(events: u64, events_per_ms: u64, assignment: &SourceAssignment) -> Self {
-        let (splits, step) = generated_splits(assignment, events);
         NexmarkSource {
-            splits,
-            step,
-            cursor: 0,
-            events,
+            splits: GeneratedSplits::new(assignment, events),
             generator: NexmarkGenerator::new(events_per_ms),
             value: Vec::with_capacity(256),
             rate: None,
@@ -370,43 +360,27 @@ impl NexmarkSource {
 
 impl Source for NexmarkSource {
     fn slowest_split_timestamp(&self) -> Option<i64> {
-        self.splits.iter().map(|&(_, _, max)| max).min()
+        self.splits.slowest_timestamp()
     }
 
     fn positions(&self) -> Option<Vec<SplitPosition>> {
-        Some(split_positions(&self.splits))
+        Some(self.splits.positions())
     }
 
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
         let max = self.pace(max);
         for _ in 0..max {
-            if self.splits.is_empty() {
+            let generator = &self.generator;
+            let Some((n, ts)) = self.splits.next(|n| generator.timestamp(n)) else {
                 return Ok(Poll::End);
-            }
-            if self.cursor >= self.splits.len() {
-                self.cursor = 0;
-            }
-            let (_, next, max) = &mut self.splits[self.cursor];
-            let n = *next;
-            let ts = self.generator.timestamp(n);
-            *next += self.step;
-            *max = ts;
-            if *next >= self.events {
-                self.splits.remove(self.cursor);
-            } else {
-                self.cursor += 1;
-            }
+            };
             let event = self.generator.event(n);
             let key = record_key(&event);
             self.value.clear();
             event.encode(&mut self.value);
             out.push(&key.to_le_bytes(), &self.value, ts);
         }
-        Ok(if self.splits.is_empty() {
-            Poll::End
-        } else {
-            Poll::More
-        })
+        Ok(self.splits.poll_result())
     }
 }
 
