@@ -90,15 +90,21 @@ pub fn spawn_writer(
                         file,
                         mut operators,
                     } => {
-                        let completed = operators.iter_mut().try_for_each(|(_, _, s)| s.complete());
-                        if let Err(e) = completed {
+                        let completed = operators.iter_mut().try_for_each(|(_, _, s)| {
+                            s.complete().map_err(|e| CheckpointError::Snapshot {
+                                task: r.task,
+                                message: e.to_string(),
+                            })?;
+                            match s.native_mut() {
+                                Some(copy) => store.put_native(copy),
+                                None => Ok(()),
+                            }
+                        });
+                        if let Err(error) = completed {
                             done(Written::Failed {
                                 task: r.task,
                                 checkpoint: r.checkpoint,
-                                error: CheckpointError::Snapshot {
-                                    task: r.task,
-                                    message: e.to_string(),
-                                },
+                                error,
                             });
                             continue;
                         }
@@ -222,6 +228,8 @@ pub struct Coordinator {
     finals: Vec<Option<Final>>,
     /// Tasks that are gone without finishing (stopped, failed).
     gone: Vec<bool>,
+    /// The run is ending: no more checkpoints.
+    abandoned: bool,
     pub counts: CheckpointCounts,
     /// Set when the run must restart for the checkpoints' sake.
     failure: Option<String>,
@@ -235,6 +243,9 @@ impl Coordinator {
         sinks: Vec<Arc<SinkFactory>>,
     ) -> Result<Self, CheckpointError> {
         config.store.remove_incomplete()?;
+        // Nothing is in flight yet, so every shared file no complete
+        // checkpoint lists is left over (from an aborted or dropped one).
+        config.store.remove_unused_shared()?;
         let next_id = config.store.next_id()?;
         let tasks = triggers.len();
         Ok(Coordinator {
@@ -248,6 +259,7 @@ impl Coordinator {
             queued: VecDeque::new(),
             finals: (0..tasks).map(|_| None).collect(),
             gone: vec![false; tasks],
+            abandoned: false,
             failure: None,
             counts: CheckpointCounts::default(),
         })
@@ -271,6 +283,9 @@ impl Coordinator {
 
     /// Triggers a due checkpoint, aborts an overdue one.
     pub fn tick(&mut self, now: Instant) {
+        if self.abandoned {
+            return;
+        }
         if let Some(p) = &self.pending {
             if now >= p.started + self.config.timeout {
                 let timeout = self.config.timeout;
@@ -308,7 +323,7 @@ impl Coordinator {
         swap: Arc<SwapOrder>,
         reply: Sender<Result<PathBuf, CheckpointError>>,
     ) {
-        if self.all_finished() || self.gone.iter().any(|&g| g) {
+        if self.abandoned || self.all_finished() || self.gone.iter().any(|&g| g) {
             let _ = reply.send(Err(CheckpointError::NotRunning));
             return;
         }
@@ -349,7 +364,7 @@ impl Coordinator {
         stop: bool,
         reply: Sender<Result<PathBuf, CheckpointError>>,
     ) {
-        if self.all_finished() || self.gone.iter().any(|&g| g) {
+        if self.abandoned || self.all_finished() || self.gone.iter().any(|&g| g) {
             let _ = reply.send(Err(CheckpointError::NotRunning));
             return;
         }
@@ -563,8 +578,11 @@ impl Coordinator {
         }
     }
 
-    /// Gives up the pending checkpoint (the run is ending without it).
+    /// Gives up the pending checkpoint (the run is ending without it), and
+    /// triggers no more: tasks told to stop may still take a barrier but
+    /// would not acknowledge it, leaving it pending until its timeout.
     pub fn abandon(&mut self, reason: &str) {
+        self.abandoned = true;
         self.abort(reason.to_owned());
         for r in self.queued.drain(..) {
             r.refuse(CheckpointError::NotRunning);
@@ -616,8 +634,17 @@ impl Coordinator {
             tasks.push(snapshot);
             files.extend(file);
         }
+        let native = tasks
+            .iter()
+            .filter_map(|t| t.state.as_ref())
+            .flat_map(|s| s.operators.iter())
+            .any(|o| o.native.is_some());
         let manifest = Manifest {
-            format: super::manifest::FORMAT_VERSION,
+            format: if native {
+                super::manifest::FORMAT_VERSION_NATIVE
+            } else {
+                super::manifest::FORMAT_VERSION
+            },
             job: self.config.job.clone(),
             checkpoint: p.id,
             kind: match p.kind {

@@ -8,6 +8,13 @@
 //! parts to commit, and where each key group's section of each operator
 //! lies in its state file. A state file is the magic `WEIRST01` followed by
 //! the sections (see [`crate::state::snapshot`]) back to back.
+//!
+//! An operator instance checkpointed incrementally (RocksDB) also has a
+//! [`NativeState`]: its native meta blob in the state file and its SST
+//! files, which live in the job's `shared/` folder beside the checkpoints
+//! and are listed, with size and SHA-256, by every checkpoint that uses
+//! them. Such a manifest has format 2; one without native state keeps
+//! format 1, so savepoints (always full) stay readable by older builds.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,7 +24,12 @@ use serde::{Deserialize, Serialize};
 use crate::connectors::SplitPosition;
 use crate::state::snapshot::KeyedSnapshot;
 
+/// The format of a manifest without native state.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format of a manifest with native state (incremental checkpoints).
+pub const FORMAT_VERSION_NATIVE: u32 = 2;
+/// The folder beside the checkpoints that holds their shared files.
+pub const SHARED_DIR: &str = "shared";
 pub const STATE_FILE_MAGIC: &[u8; 8] = b"WEIRST01";
 pub const MANIFEST: &str = "manifest.json";
 /// The manifest written before a checkpoint's Kafka transactions are
@@ -134,6 +146,37 @@ pub struct OperatorSections {
     pub key_groups: [u32; 2],
     /// `[key group, offset, length]` of each non-empty section in the file.
     pub sections: Vec<[u64; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeState>,
+}
+
+/// An operator instance's state as its RocksDB files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NativeState {
+    /// `[offset, length]` of the native meta blob in the state file.
+    pub meta: [u64; 2],
+    pub files: Vec<NativeFile>,
+}
+
+/// One SST file of a native state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeFile {
+    /// Its name in the instance's folder (RocksDB's metadata refers to it).
+    pub local: String,
+    /// Its name, size and checksum in the shared folder.
+    pub shared: FileEntry,
+}
+
+impl Manifest {
+    /// Names of the shared files this checkpoint uses.
+    pub fn shared_files(&self) -> impl Iterator<Item = &FileEntry> {
+        self.tasks
+            .iter()
+            .filter_map(|t| t.state.as_ref())
+            .flat_map(|s| s.operators.iter())
+            .filter_map(|o| o.native.as_ref())
+            .flat_map(|n| n.files.iter().map(|f| &f.shared))
+    }
 }
 
 /// Lays the operators' snapshots out as one state file; `None` when no
@@ -150,11 +193,20 @@ pub fn encode_state_file(
             sections.push([u64::from(kg), bytes.len() as u64, section.len() as u64]);
             bytes.extend_from_slice(section);
         }
-        if !sections.is_empty() {
+        let native = snapshot.native().map(|copy| {
+            let meta = [bytes.len() as u64, copy.meta.len() as u64];
+            bytes.extend_from_slice(&copy.meta);
+            NativeState {
+                meta,
+                files: copy.files.clone(),
+            }
+        });
+        if !sections.is_empty() || native.is_some() {
             index.push(OperatorSections {
                 operator: name.clone(),
                 key_groups: [key_groups.start, key_groups.end],
                 sections,
+                native,
             });
         }
     }

@@ -178,22 +178,33 @@ impl Remote {
         }
     }
 
+    /// Names of the objects directly in a folder below the root.
+    pub fn files(&self, relative: &str) -> Result<Vec<String>, CheckpointError> {
+        let folder = self.path(relative);
+        let listing = self
+            .runtime
+            .block_on(self.store.list_with_delimiter(Some(&folder)))
+            .map_err(|e| remote_error(&self.url, e))?;
+        Ok(listing
+            .objects
+            .iter()
+            .filter_map(|o| o.location.filename().map(str::to_owned))
+            .collect())
+    }
+
+    pub fn delete(&self, relative: &str) -> Result<(), CheckpointError> {
+        let path = self.path(relative);
+        match self.runtime.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(remote_error(&format!("{}/{relative}", self.url), e)),
+        }
+    }
+
     /// Deletes every object of a folder below the root.
     pub fn delete_folder(&self, relative: &str) -> Result<(), CheckpointError> {
-        let folder = self.path(relative);
-        self.runtime.block_on(async {
-            let listing = self
-                .store
-                .list_with_delimiter(Some(&folder))
-                .await
-                .map_err(|e| remote_error(&self.url, e))?;
-            for object in listing.objects {
-                self.store
-                    .delete(&object.location)
-                    .await
-                    .map_err(|e| remote_error(&self.url, e))?;
-            }
-            Ok(())
-        })
+        for name in self.files(relative)? {
+            self.delete(&format!("{relative}/{name}"))?;
+        }
+        Ok(())
     }
 }

@@ -15,8 +15,16 @@
 //! the staging copy: every file is uploaded after it is written locally,
 //! the manifest last, and the object store is what lists, completes and
 //! restores checkpoints.
+//!
+//! Incremental checkpoints keep SST files in `<dir>/<job>/shared/`, each
+//! stored once and listed by every checkpoint that uses it. A shared file
+//! is deleted when the last retained checkpoint that lists it is pruned;
+//! files no complete checkpoint lists (left by an aborted checkpoint) are
+//! deleted when the next run of the job starts, before anything is in
+//! flight. Restoring uses the local copy of each shared file when its size
+//! and checksum match (local recovery) and downloads it otherwise.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,13 +32,14 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::manifest::{
-    FORMAT_VERSION, FileEntry, MANIFEST, Manifest, PREPARED_MANIFEST, STATE_FILE_MAGIC,
+    FORMAT_VERSION, FORMAT_VERSION_NATIVE, FileEntry, MANIFEST, Manifest, ManifestKind,
+    PREPARED_MANIFEST, SHARED_DIR, STATE_FILE_MAGIC,
 };
 use super::remote::Remote;
 use super::{CheckpointError, CheckpointId, io_error};
 use crate::connectors::{RestoredSplits, SplitPosition};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError};
-use crate::state::snapshot::decode;
+use crate::state::snapshot::{NativeCopy, NativeSource, decode, decode_native_meta};
 
 /// The checkpoints of one job.
 #[derive(Clone, Debug)]
@@ -52,6 +61,25 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<FileEntry, Che
         size: bytes.len() as u64,
         sha256: hex::encode(Sha256::digest(bytes)),
     })
+}
+
+/// Size and SHA-256 of a file, read in pieces (shared files can be large).
+fn file_digest(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher)?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// Whether the file at `path` is the one `entry` describes.
+fn matches(path: &Path, entry: &FileEntry) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() == entry.size)
+        && file_digest(path).is_ok_and(|(_, sha)| sha == entry.sha256)
+}
+
+/// A shared file's name may not leave the shared folder.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && !name.contains('\\') && !name.contains("..")
 }
 
 /// Writes the manifest last and atomically: the checkpoint is complete once
@@ -135,6 +163,115 @@ impl CheckpointStore {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The local folder of shared files (or their staging copy).
+    pub fn shared_dir(&self) -> PathBuf {
+        self.root.join(SHARED_DIR)
+    }
+
+    /// Stores the SST files of a frozen RocksDB instance that are not
+    /// stored yet and lists all of them in `copy.files`.
+    pub fn put_native(&self, copy: &mut NativeCopy) -> Result<(), CheckpointError> {
+        let shared = self.shared_dir();
+        std::fs::create_dir_all(&shared).map_err(io_error(&shared))?;
+        let stored = copy.stored.clone();
+        let mut stored = stored.lock().expect("shared files lock");
+        copy.files.clear();
+        for local in &copy.sst_files {
+            let entry = match stored.get(local) {
+                Some(entry) => entry.clone(),
+                None => {
+                    let name = format!("{}-{local}", copy.shared_prefix);
+                    let entry = self.put_shared(&copy.frozen.join(local), &name)?;
+                    stored.insert(local.clone(), entry.clone());
+                    entry
+                }
+            };
+            copy.files.push(super::manifest::NativeFile {
+                local: local.clone(),
+                shared: entry,
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts the immutable file `src` into the shared folder as `name`: a
+    /// hard link where the folders share a file system, else a copy.
+    fn put_shared(&self, src: &Path, name: &str) -> Result<FileEntry, CheckpointError> {
+        let target = self.shared_dir().join(name);
+        let _ = std::fs::remove_file(&target);
+        if std::fs::hard_link(src, &target).is_err() {
+            std::fs::copy(src, &target).map_err(io_error(&target))?;
+            std::fs::File::open(&target)
+                .and_then(|f| f.sync_all())
+                .map_err(io_error(&target))?;
+        }
+        let (size, sha256) = file_digest(&target).map_err(io_error(&target))?;
+        if let Some(remote) = &self.remote {
+            let bytes = std::fs::read(&target).map_err(io_error(&target))?;
+            remote.put(&format!("{SHARED_DIR}/{name}"), bytes)?;
+        }
+        Ok(FileEntry {
+            name: name.to_owned(),
+            size,
+            sha256,
+        })
+    }
+
+    /// The manifest of complete checkpoint `id`, from the local copy or
+    /// the object store.
+    fn manifest(&self, id: CheckpointId) -> Result<Option<Manifest>, CheckpointError> {
+        let dir = self.checkpoint_dir(id);
+        let bytes = match std::fs::read(dir.join(MANIFEST)) {
+            Ok(bytes) => Some(bytes),
+            Err(_) => match &self.remote {
+                Some(remote) => remote.get(&format!("chk-{id:010}/{MANIFEST}"))?,
+                None => None,
+            },
+        };
+        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Names of the shared files the given checkpoints list.
+    fn shared_in(&self, ids: &[CheckpointId]) -> Result<BTreeSet<String>, CheckpointError> {
+        let mut names = BTreeSet::new();
+        for &id in ids {
+            if let Some(m) = self.manifest(id)? {
+                names.extend(m.shared_files().map(|f| f.name.clone()));
+            }
+        }
+        Ok(names)
+    }
+
+    fn delete_shared(&self, name: &str) {
+        let _ = std::fs::remove_file(self.shared_dir().join(name));
+        if let Some(remote) = &self.remote
+            && let Err(e) = remote.delete(&format!("{SHARED_DIR}/{name}"))
+        {
+            tracing::warn!(error = %e, "cannot delete a shared checkpoint file");
+        }
+    }
+
+    /// Deletes every shared file that no complete checkpoint lists. Only
+    /// while no checkpoint is in flight: an unfinished one's new files are
+    /// not listed anywhere yet.
+    pub fn remove_unused_shared(&self) -> Result<(), CheckpointError> {
+        let used = self.shared_in(&self.complete()?)?;
+        let mut present: BTreeSet<String> = match std::fs::read_dir(self.shared_dir()) {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect(),
+            Err(_) => BTreeSet::new(),
+        };
+        if let Some(remote) = &self.remote {
+            present.extend(remote.files(SHARED_DIR)?);
+        }
+        for name in present.difference(&used) {
+            self.delete_shared(name);
+        }
+        Ok(())
     }
 
     pub fn checkpoint_dir(&self, id: CheckpointId) -> PathBuf {
@@ -285,11 +422,20 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Keeps the newest `retain` complete checkpoints, deletes the rest.
+    /// Keeps the newest `retain` complete checkpoints, deletes the rest,
+    /// and the shared files only they listed.
     pub fn prune(&self, retain: usize) -> Result<(), CheckpointError> {
         let complete = self.complete()?;
-        for id in complete.iter().rev().skip(retain) {
+        let (old, kept) = complete.split_at(complete.len().saturating_sub(retain));
+        let released = self.shared_in(old)?;
+        for id in old {
             self.discard(*id);
+        }
+        if !released.is_empty() {
+            let used = self.shared_in(kept)?;
+            for name in released.difference(&used) {
+                self.delete_shared(name);
+            }
         }
         Ok(())
     }
@@ -348,6 +494,24 @@ fn download(remote: &Remote, folder: &str, dir: &Path) -> Result<(), CheckpointE
             .ok_or_else(|| missing(&file.name))?;
         write_file(dir, &file.name, &bytes)?;
     }
+    // Shared files go beside the checkpoint folders, as the load expects;
+    // the ones already there and intact are not downloaded again.
+    let shared = dir.parent().unwrap_or(dir).join(SHARED_DIR);
+    for file in parsed.shared_files() {
+        if !safe_name(&file.name) {
+            return Err(CheckpointError::Corrupt {
+                path: dir.to_owned(),
+                problem: format!("shared file name `{}` leaves its folder", file.name),
+            });
+        }
+        if matches(&shared.join(&file.name), file) {
+            continue;
+        }
+        let relative = format!("{SHARED_DIR}/{}", file.name);
+        let bytes = remote.get(&relative)?.ok_or_else(|| missing(&relative))?;
+        std::fs::create_dir_all(&shared).map_err(io_error(&shared))?;
+        write_file(&shared, &file.name, &bytes)?;
+    }
     write_file(dir, MANIFEST, &manifest)?;
     Ok(())
 }
@@ -358,6 +522,8 @@ pub struct LoadedCheckpoint {
     pub dir: PathBuf,
     pub manifest: Manifest,
     files: HashMap<String, Vec<u8>>,
+    /// Where the shared files of native state are (verified by `load`).
+    shared_dir: PathBuf,
 }
 
 impl LoadedCheckpoint {
@@ -388,7 +554,26 @@ impl LoadedCheckpoint {
             path: dir.to_owned(),
             problem: format!("cannot read {MANIFEST}: {e}"),
         })?;
-        Self::verify(dir, &json, &mut |name| std::fs::read(dir.join(name)))
+        let loaded = Self::verify(dir, &json, &mut |name| std::fs::read(dir.join(name)))?;
+        for file in loaded.manifest.shared_files() {
+            let path = loaded.shared_dir.join(&file.name);
+            let problem = match file_digest(&path) {
+                Err(e) => format!("cannot read shared file `{}`: {e}", file.name),
+                Ok((size, _)) if size != file.size => format!(
+                    "shared file `{}` has {size} bytes, the manifest says {} (truncated?)",
+                    file.name, file.size
+                ),
+                Ok((_, sha)) if sha != file.sha256 => {
+                    format!("shared file `{}` does not match its checksum", file.name)
+                }
+                Ok(_) => continue,
+            };
+            return Err(CheckpointError::Corrupt {
+                path: dir.to_owned(),
+                problem,
+            });
+        }
+        Ok(loaded)
     }
 
     /// Checks a manifest and the files it lists (read through `read_file`,
@@ -405,14 +590,28 @@ impl LoadedCheckpoint {
         };
         let manifest: Manifest = serde_json::from_slice(json)
             .map_err(|e| corrupt(format!("{MANIFEST} does not parse: {e}")))?;
-        if manifest.format != FORMAT_VERSION {
+        if manifest.format != FORMAT_VERSION && manifest.format != FORMAT_VERSION_NATIVE {
             return Err(CheckpointError::Incompatible {
                 path: dir.to_owned(),
                 problem: format!(
-                    "format version {} (this build reads {FORMAT_VERSION})",
+                    "format version {} (this build reads {FORMAT_VERSION} and {FORMAT_VERSION_NATIVE})",
                     manifest.format
                 ),
             });
+        }
+        if let Some(file) = manifest.shared_files().next() {
+            if manifest.kind == ManifestKind::Savepoint {
+                return Err(corrupt(format!(
+                    "a savepoint must hold all of its state, but it lists shared file `{}`",
+                    file.name
+                )));
+            }
+            if let Some(bad) = manifest.shared_files().find(|f| !safe_name(&f.name)) {
+                return Err(corrupt(format!(
+                    "shared file name `{}` leaves its folder",
+                    bad.name
+                )));
+            }
         }
         let mut files = HashMap::new();
         for entry in &manifest.files {
@@ -454,14 +653,32 @@ impl LoadedCheckpoint {
                         task.group, task.instance, state.file
                     )));
                 };
+                let within = |offset: u64, len: u64| {
+                    offset
+                        .checked_add(len)
+                        .is_some_and(|end| end <= bytes.len() as u64)
+                };
                 for op in &state.operators {
-                    for [_, offset, len] in &op.sections {
-                        if offset
-                            .checked_add(*len)
-                            .is_none_or(|end| end > bytes.len() as u64)
-                        {
+                    for &[_, offset, len] in &op.sections {
+                        if !within(offset, len) {
                             return Err(corrupt(format!(
                                 "a section of `{}` lies outside file `{}`",
+                                op.operator, state.file
+                            )));
+                        }
+                    }
+                    if let Some(native) = &op.native {
+                        let [offset, len] = native.meta;
+                        if !within(offset, len) {
+                            return Err(corrupt(format!(
+                                "the native state of `{}` lies outside file `{}`",
+                                op.operator, state.file
+                            )));
+                        }
+                        let meta = &bytes[offset as usize..(offset + len) as usize];
+                        if let Err(e) = decode_native_meta(meta) {
+                            return Err(corrupt(format!(
+                                "the native state of `{}` in `{}`: {e}",
                                 op.operator, state.file
                             )));
                         }
@@ -473,7 +690,44 @@ impl LoadedCheckpoint {
             dir: dir.to_owned(),
             manifest,
             files,
+            shared_dir: dir.parent().unwrap_or(dir).join(SHARED_DIR),
         })
+    }
+
+    /// The native state (RocksDB files) of every instance of `operator`.
+    pub fn native_sources(&self, operator: &str) -> Vec<NativeSource<'_>> {
+        let mut sources = Vec::new();
+        for task in &self.manifest.tasks {
+            let Some(state) = &task.state else { continue };
+            let bytes = &self.files[&state.file];
+            for op in state.operators.iter().filter(|o| o.operator == operator) {
+                let Some(native) = &op.native else { continue };
+                let [offset, len] = native.meta;
+                let meta = &bytes[offset as usize..(offset + len) as usize];
+                sources.push(NativeSource {
+                    key_groups: op.key_groups[0]..op.key_groups[1],
+                    meta: decode_native_meta(meta).expect("checked by verify"),
+                    shared_dir: &self.shared_dir,
+                    files: &native.files,
+                });
+            }
+        }
+        sources
+    }
+
+    /// The native state of `operator` that covers exactly `key_groups`, when
+    /// one old instance held just those: it can be opened as it is.
+    pub fn native_exact(
+        &self,
+        operator: &str,
+        key_groups: &std::ops::Range<u32>,
+    ) -> Option<NativeSource<'_>> {
+        let mut overlapping = self
+            .native_sources(operator)
+            .into_iter()
+            .filter(|s| s.key_groups.start < key_groups.end && key_groups.start < s.key_groups.end);
+        let source = overlapping.next()?;
+        (source.key_groups == *key_groups && overlapping.next().is_none()).then_some(source)
     }
 
     pub fn id(&self) -> CheckpointId {
@@ -541,11 +795,14 @@ impl LoadedCheckpoint {
     }
 
     /// Feeds operator `info.operator`'s state for `info.key_groups`, from
-    /// whichever old instances held it, into `op`.
+    /// whichever old instances held it, into `op`; with `native_opened`,
+    /// everything but the native state, which the operator's backend was
+    /// opened from ([`LoadedCheckpoint::native_exact`]).
     pub fn restore_operator(
         &self,
         info: &InstanceInfo,
         op: &mut dyn Operator,
+        native_opened: bool,
     ) -> Result<u64, OperatorError> {
         let owned = info.key_groups.clone();
         let mut entries = 0u64;
@@ -585,7 +842,47 @@ impl LoadedCheckpoint {
                 }
             }
         }
+        if native_opened {
+            return Ok(entries);
+        }
+        for source in self.native_sources(&info.operator) {
+            let range =
+                source.key_groups.start.max(owned.start)..source.key_groups.end.min(owned.end);
+            if range.is_empty() {
+                continue;
+            }
+            crate::state::rocksdb::visit_native(&source, range, &mut |kg, entry| {
+                entries += 1;
+                Ok(op.restore(kg, crate::state::snapshot::SnapshotEntry::State(entry))?)
+            })
+            .map_err(|e| match e {
+                NativeRestoreError::Operator(e) => e,
+                NativeRestoreError::State(e) => OperatorError::new(
+                    info,
+                    FailureKind::Restore(format!("{e} (in {})", self.dir.display())),
+                ),
+            })?;
+        }
         Ok(entries)
+    }
+}
+
+/// Why reading native state back failed: the files, or the operator.
+#[derive(Debug)]
+pub enum NativeRestoreError {
+    State(crate::state::StateError),
+    Operator(OperatorError),
+}
+
+impl From<crate::state::StateError> for NativeRestoreError {
+    fn from(e: crate::state::StateError) -> Self {
+        NativeRestoreError::State(e)
+    }
+}
+
+impl From<OperatorError> for NativeRestoreError {
+    fn from(e: OperatorError) -> Self {
+        NativeRestoreError::Operator(e)
     }
 }
 

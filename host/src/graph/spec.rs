@@ -111,7 +111,7 @@ pub struct CheckpointSpec {
     pub timeout: Duration,
 }
 
-/// `rocksdb: {dir: weir-data/state, block_cache: 64MiB, write_buffer: 16MiB, value_cache: 16MiB}`.
+/// `rocksdb: {dir: weir-data/state, block_cache: 64MiB, write_buffer: 16MiB, value_cache: 16MiB, incremental: true}`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RocksDbSpec {
@@ -130,6 +130,10 @@ pub struct RocksDbSpec {
     /// RocksDB (written back in batches).
     #[serde(default = "default_value_cache", deserialize_with = "byte_size")]
     pub value_cache: u64,
+    /// Checkpoints keep RocksDB's own files and upload only the ones that
+    /// are new since the previous checkpoint (savepoints are always full).
+    #[serde(default = "default_incremental")]
+    pub incremental: bool,
 }
 
 impl Default for RocksDbSpec {
@@ -139,8 +143,13 @@ impl Default for RocksDbSpec {
             block_cache: default_block_cache(),
             write_buffer: default_write_buffer(),
             value_cache: default_value_cache(),
+            incremental: default_incremental(),
         }
     }
+}
+
+fn default_incremental() -> bool {
+    true
 }
 
 fn default_state_dir() -> PathBuf {

@@ -220,15 +220,31 @@ struct OperatorPlan {
     isolate_failures: bool,
 }
 
-fn build_operator(
-    wasm: &WasmRuntime,
-    plan: &OperatorPlan,
-    job: &str,
-    instance: u32,
+/// What building an operator instance of a job needs.
+struct OperatorEnv<'a> {
+    wasm: &'a WasmRuntime,
+    job: &'a str,
     max_parallelism: u32,
-    shared: &SharedCounters,
-    state: &StateFactory,
+    shared: &'a SharedCounters,
+    state: &'a StateFactory,
+    restore: Option<&'a LoadedCheckpoint>,
+}
+
+/// Builds operator instance `instance` of `plan`, with its state restored
+/// when the run restores.
+fn build_operator(
+    env: &OperatorEnv<'_>,
+    plan: &OperatorPlan,
+    instance: u32,
 ) -> Result<(Box<dyn Operator>, InstanceInfo), OperatorError> {
+    let OperatorEnv {
+        wasm,
+        job,
+        max_parallelism,
+        shared,
+        state,
+        restore,
+    } = *env;
     let key_groups = if plan.keyed {
         key_group_range(instance, max_parallelism, plan.parallelism)
     } else {
@@ -243,10 +259,11 @@ fn build_operator(
         key_groups: key_groups.clone(),
         keyed: plan.keyed,
     };
-    let backend = state
-        .create(&plan.name, instance, key_groups)
+    let native = restore.and_then(|c| c.native_exact(&plan.name, &key_groups));
+    let (backend, native_opened) = state
+        .create_from(&plan.name, instance, key_groups, native.as_ref())
         .map_err(|e| OperatorError::new(&info, e))?;
-    let op: Box<dyn Operator> = match &plan.kind {
+    let mut op: Box<dyn Operator> = match &plan.kind {
         OperatorKind::Wasm { module, config } => {
             let mut guest = wasm.instantiate(module, info.clone(), backend, config)?;
             if plan.isolate_failures && plan.window.is_none() {
@@ -264,6 +281,9 @@ fn build_operator(
         }
         OperatorKind::Native(name) => crate::operators::build(name, info.clone(), backend)?,
     };
+    if let Some(c) = restore {
+        c.restore_operator(&info, op.as_mut(), native_opened)?;
+    }
     Ok((op, info))
 }
 
@@ -576,6 +596,7 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
                     block_cache_bytes: r.block_cache as usize,
                     write_buffer_bytes: r.write_buffer as usize,
                     value_cache_bytes: r.value_cache as usize,
+                    incremental: r.incremental,
                 },
                 &spec.name,
             ))
@@ -1160,18 +1181,15 @@ fn run_once(
                 let mut operators = Vec::new();
                 let mut sides = Vec::new();
                 for &i in &ops {
-                    let (mut op, info) = build_operator(
-                        &wasm,
-                        &plans[i],
-                        &job,
-                        instance,
+                    let operator_env = OperatorEnv {
+                        wasm: &wasm,
+                        job: &job,
                         max_parallelism,
-                        &shared,
-                        &state,
-                    )?;
-                    if let Some(c) = &restore {
-                        c.restore_operator(&info, op.as_mut())?;
-                    }
+                        shared: &shared,
+                        state: &state,
+                        restore: restore.as_deref(),
+                    };
+                    let (op, info) = build_operator(&operator_env, &plans[i], instance)?;
                     link.operator_key_groups.push(info.key_groups.clone());
                     let mut outputs = Vec::new();
                     for s in op.side_outputs() {

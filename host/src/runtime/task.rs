@@ -408,19 +408,25 @@ impl Task {
     }
 
     /// Snapshots the operators and pre-commits the sinks. With `defer`,
-    /// state a backend froze is left for the checkpoint writer to write.
+    /// state a backend froze is left for the checkpoint writer to write;
+    /// with `incremental`, possibly as the backend's own files.
     fn snapshot(
         &mut self,
         checkpoint: CheckpointId,
         finished: bool,
         source: Option<SourceSnapshot>,
         defer: bool,
+        incremental: bool,
     ) -> Result<SnapshotParts, TaskError> {
         let mut operators = Vec::new();
         let task = &self.name;
         for (i, op) in self.operators.iter_mut().enumerate() {
             let range = self.link.operator_key_groups[i].clone();
-            let mut snapshot = KeyedSnapshot::new(range.clone());
+            let mut snapshot = if incremental {
+                KeyedSnapshot::incremental(range.clone())
+            } else {
+                KeyedSnapshot::new(range.clone())
+            };
             op.snapshot(&mut snapshot)?;
             if !defer {
                 snapshot.complete().map_err(|e| TaskError::Internal {
@@ -514,7 +520,13 @@ impl Task {
         barrier: &Barrier,
         source: Option<SourceSnapshot>,
     ) -> Result<(), TaskError> {
-        let (snapshot, state) = self.snapshot(barrier.id, false, source, true)?;
+        let (snapshot, state) = self.snapshot(
+            barrier.id,
+            false,
+            source,
+            true,
+            barrier.kind == crate::checkpoint::BarrierKind::Checkpoint,
+        )?;
         self.last_snapshot = barrier.id;
         // The writer is gone only when the job is being torn down.
         let _ = self.link.writer.send(WriteRequest {
@@ -761,7 +773,7 @@ impl Task {
                 })?
         }
         let (snapshot, state) = if self.link.final_state {
-            match self.snapshot(CheckpointId::MAX, true, source, false)? {
+            match self.snapshot(CheckpointId::MAX, true, source, false, false)? {
                 (snapshot, StatePart::Ready(bytes)) => (snapshot, Some(bytes)),
                 (snapshot, _) => (snapshot, None),
             }

@@ -35,9 +35,25 @@ impl StateFactory {
         instance: u32,
         key_groups: Range<u32>,
     ) -> Result<Box<dyn StateBackend>, StateError> {
+        Ok(self.create_from(operator, instance, key_groups, None)?.0)
+    }
+
+    /// Like [`StateFactory::create`], opening the files of `native` (an
+    /// old instance of the same key groups) when the backend can; says
+    /// whether it did.
+    pub fn create_from(
+        &self,
+        operator: &str,
+        instance: u32,
+        key_groups: Range<u32>,
+        native: Option<&snapshot::NativeSource<'_>>,
+    ) -> Result<(Box<dyn StateBackend>, bool), StateError> {
         Ok(match self {
-            StateFactory::Memory => Box::new(MemoryBackend::new(key_groups)),
-            StateFactory::RocksDb(shared) => Box::new(shared.open(operator, instance, key_groups)?),
+            StateFactory::Memory => (Box::new(MemoryBackend::new(key_groups)), false),
+            StateFactory::RocksDb(shared) => (
+                Box::new(shared.open_from(operator, instance, key_groups, native)?),
+                native.is_some(),
+            ),
         })
     }
 }
@@ -167,8 +183,13 @@ pub trait StateBackend: Send {
     /// Freezes the current state cheaply and returns the work of writing it
     /// into a snapshot, to be run later on another thread (the checkpoint
     /// writer) while this backend goes on changing; `None` when the backend
-    /// can only be copied out now.
-    fn snapshot_later(&mut self) -> Result<Option<snapshot::Deferred>, StateError> {
+    /// can only be copied out now. With `incremental` (a checkpoint, not a
+    /// savepoint) the frozen copy may be handed over as the backend's own
+    /// files ([`snapshot::NativeCopy`]) instead of entries.
+    fn snapshot_later(
+        &mut self,
+        _incremental: bool,
+    ) -> Result<Option<snapshot::Deferred>, StateError> {
         Ok(None)
     }
 
@@ -245,6 +266,7 @@ mod conformance {
                 write_buffer_bytes: 256 << 10,
                 // Small enough that the tests below go through eviction.
                 value_cache_bytes: 1 << 10,
+                incremental: true,
             },
             "conformance",
         );

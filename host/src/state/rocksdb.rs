@@ -28,6 +28,17 @@
 //! All instances of a job share one LRU block cache, and their memtables are
 //! charged to that cache, so the job's RocksDB memory stays near
 //! `block_cache` whatever the number of instances or the size of the state.
+//!
+//! Snapshots freeze the instance as a RocksDB checkpoint (hard links to its
+//! immutable SST files, after the value cache and memtables are flushed).
+//! A savepoint, or a checkpoint with `incremental` off, reads the frozen
+//! copy into entries. An incremental checkpoint hands the frozen files over
+//! as they are ([`NativeCopy`]): each SST file is stored once, and later
+//! checkpoints list it again without copying it. An instance restored at
+//! the same key groups opens those files directly instead of inserting its
+//! entries one by one; one restored at other key groups (rescaling) opens
+//! each old instance's files read-only and takes the entries of its own key
+//! groups ([`visit_native`]).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -38,7 +49,9 @@ use rocksdb::{
     WriteBatch, WriteBufferManager, WriteOptions,
 };
 
-use super::snapshot::{Deferred, KeyedSnapshot};
+use super::snapshot::{
+    Deferred, KeyedSnapshot, NativeCopy, NativeSource, SharedFiles, encode_native_meta,
+};
 use super::{MapEntries, StateBackend, StateEntry, StateError, StateId, StateKind, ValueHandle};
 
 /// Sizes and place of a job's RocksDB state (the spec's `rocksdb:` section).
@@ -52,6 +65,9 @@ pub struct RocksDbConfig {
     pub write_buffer_bytes: usize,
     /// Per instance: the write-back cache of value state.
     pub value_cache_bytes: usize,
+    /// Checkpoints hand over the instance's own files (see
+    /// [`StateBackend::snapshot_later`]).
+    pub incremental: bool,
 }
 
 /// What the instances of one job share.
@@ -85,6 +101,18 @@ impl RocksDbShared {
         operator: &str,
         instance: u32,
         key_groups: Range<u32>,
+    ) -> Result<RocksDbBackend, StateError> {
+        self.open_from(operator, instance, key_groups, None)
+    }
+
+    /// Opens the state of one operator instance: empty, or made of the
+    /// files of `native`, an old instance of the same key groups.
+    pub fn open_from(
+        &self,
+        operator: &str,
+        instance: u32,
+        key_groups: Range<u32>,
+        native: Option<&NativeSource<'_>>,
     ) -> Result<RocksDbBackend, StateError> {
         assert!(
             key_groups.end <= u32::from(u16::MAX) + 1,
@@ -138,22 +166,116 @@ impl RocksDbShared {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        let guard = RemoveOnDrop(path.clone());
+        let mut states = Vec::new();
+        let mut stored = std::collections::HashMap::new();
+        if let Some(native) = native {
+            assert_eq!(
+                native.key_groups, key_groups,
+                "only exact ranges open natively"
+            );
+            materialize(native, &path)?;
+            states = native.meta.states.clone();
+            for file in native.files {
+                stored.insert(file.local.clone(), file.shared.clone());
+            }
+        }
         let db = DB::open(&options, &path).map_err(storage)?;
         let mut write = WriteOptions::default();
         write.disable_wal(true);
         Ok(RocksDbBackend {
             db,
-            _dir: RemoveOnDrop(path.clone()),
+            _dir: guard,
+            shared_prefix: format!("{operator}-{instance}-{:016x}", instance_nonce(&path)),
             path,
             write,
             key_groups,
-            states: Vec::new(),
+            states,
             cache: ValueCache::default(),
             cache_budget: self.config.value_cache_bytes,
             key_buf: Vec::new(),
             snapshots: 0,
+            incremental: self.config.incremental,
+            stored: std::sync::Arc::new(std::sync::Mutex::new(stored)),
         })
     }
+}
+
+/// Different for every instance opened, in this process or any other.
+fn instance_nonce(path: &Path) -> u64 {
+    static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut seed = Vec::new();
+    seed.extend_from_slice(&std::process::id().to_le_bytes());
+    seed.extend_from_slice(&crate::time::now_millis().to_le_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    seed.extend_from_slice(&nanos.to_le_bytes());
+    let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    seed.extend_from_slice(&n.to_le_bytes());
+    seed.extend_from_slice(path.as_os_str().as_encoded_bytes());
+    hash(&seed)
+}
+
+/// Lays the files of native state out in folder `dir`, as RocksDB wrote
+/// them: metadata files from the blob, SST files linked (or copied) from
+/// the shared folder.
+fn materialize(native: &NativeSource<'_>, dir: &Path) -> Result<(), StateError> {
+    let io = |path: &Path, e: std::io::Error| StateError::Storage {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    for (name, bytes) in &native.meta.files {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+    }
+    for file in native.files {
+        let from = native.shared_dir.join(&file.shared.name);
+        let to = dir.join(&file.local);
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(|e| io(&from, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Visits the entries of key groups `key_groups` of an old instance's
+/// native state, opened read-only from a scratch folder beside the shared
+/// folder (so that its files can be linked, not copied).
+pub fn visit_native<E: From<StateError>>(
+    native: &NativeSource<'_>,
+    key_groups: Range<u32>,
+    visit: &mut dyn FnMut(u32, StateEntry<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = native
+        .shared_dir
+        .with_file_name(format!(".restore-{}-{n}", std::process::id()));
+    let _remove = RemoveOnDrop(dir.clone());
+    let _ = std::fs::remove_dir_all(&dir);
+    materialize(native, &dir)?;
+    let db = DB::open_for_read_only(&Options::default(), &dir, false).map_err(|e| {
+        StateError::Storage {
+            path: dir.clone(),
+            message: e.into_string(),
+        }
+    })?;
+    for key_group in key_groups {
+        let mut failed = None;
+        visit_key_group(&db, &dir, &native.meta.states, key_group, &mut |e| {
+            if failed.is_none()
+                && let Err(e) = visit(key_group, e)
+            {
+                failed = Some(e);
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -248,6 +370,11 @@ pub struct RocksDbBackend {
     key_buf: Vec<u8>,
     /// Frozen copies made so far (for their folder names).
     snapshots: u64,
+    /// Checkpoints hand over the frozen files ([`NativeCopy`]).
+    incremental: bool,
+    /// The SST files already in checkpoint storage.
+    stored: SharedFiles,
+    shared_prefix: String,
 }
 
 const PREFIX_LEN: usize = 8;
@@ -662,8 +789,9 @@ impl StateBackend for RocksDbBackend {
 
     /// A RocksDB checkpoint of the instance (hard links to its immutable
     /// files, after its cached writes and memtables are flushed) is the
-    /// frozen copy; the checkpoint writer reads it and deletes it.
-    fn snapshot_later(&mut self) -> Result<Option<Deferred>, StateError> {
+    /// frozen copy. The checkpoint writer either takes its files as they
+    /// are (incremental) or reads it into entries; then it is deleted.
+    fn snapshot_later(&mut self, incremental: bool) -> Result<Option<Deferred>, StateError> {
         self.flush_cache()?;
         self.snapshots += 1;
         let frozen = frozen_dir(&self.path, self.snapshots);
@@ -673,6 +801,43 @@ impl StateBackend for RocksDbBackend {
             .map_err(|e| self.storage(e))?;
         let states = self.states.clone();
         let key_groups = self.key_groups.clone();
+        if incremental && self.incremental {
+            let stored = self.stored.clone();
+            let shared_prefix = self.shared_prefix.clone();
+            return Ok(Some(Box::new(move |out: &mut KeyedSnapshot| {
+                let mut copy = NativeCopy {
+                    frozen,
+                    key_groups,
+                    meta: Vec::new(),
+                    sst_files: Vec::new(),
+                    stored,
+                    shared_prefix,
+                    files: Vec::new(),
+                };
+                let mut meta_files = Vec::new();
+                let io = |path: &Path, e: std::io::Error| StateError::Storage {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                };
+                let entries = std::fs::read_dir(&copy.frozen).map_err(|e| io(&copy.frozen, e))?;
+                for entry in entries {
+                    let entry = entry.map_err(|e| io(&copy.frozen, e))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".sst") {
+                        copy.sst_files.push(name);
+                    } else {
+                        let bytes =
+                            std::fs::read(entry.path()).map_err(|e| io(&entry.path(), e))?;
+                        meta_files.push((name, bytes));
+                    }
+                }
+                copy.sst_files.sort();
+                meta_files.sort();
+                copy.meta = encode_native_meta(&states, &meta_files);
+                out.set_native(copy);
+                Ok(())
+            })));
+        }
         Ok(Some(Box::new(move |out: &mut KeyedSnapshot| {
             let _remove = RemoveOnDrop(frozen.clone());
             let db = DB::open_for_read_only(&Options::default(), &frozen, false).map_err(|e| {
@@ -762,6 +927,7 @@ mod tests {
                 block_cache_bytes: 8 << 20,
                 write_buffer_bytes: 1 << 20,
                 value_cache_bytes,
+                incremental: true,
             },
             "test",
         )
@@ -818,6 +984,70 @@ mod tests {
             "the frozen copy is deleted once written"
         );
         drop(b);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_incremental_snapshot_stores_each_file_once_and_opens_again_as_files() {
+        let dir = std::env::temp_dir().join(format!("weir-rocks-native-{}", std::process::id()));
+        let shared = shared(&dir, 1 << 20);
+        let store = crate::checkpoint::CheckpointStore::new(&dir.join("ck"), "test");
+        let mut b = shared.open("op", 0, 0..4).unwrap();
+        let v = b.register("v", StateKind::Value).unwrap();
+        let l = b.register("l", StateKind::List).unwrap();
+        let snapshot = |b: &mut RocksDbBackend| {
+            let mut snap = KeyedSnapshot::incremental(0..4);
+            snap.add_backend(b).unwrap();
+            snap.complete().unwrap();
+            store
+                .put_native(snap.native_mut().expect("native"))
+                .unwrap();
+            snap
+        };
+        b.value_put(v, 1, b"k1", b"one").unwrap();
+        b.list_append(l, 3, b"k3", b"a").unwrap();
+        let first = snapshot(&mut b);
+        b.value_put(v, 2, b"k2", b"two").unwrap();
+        let second = snapshot(&mut b);
+        let (first, second) = (first.native().unwrap(), second.native().unwrap());
+        assert_eq!(first.files.len(), 1);
+        assert_eq!(second.files.len(), 2, "one new file beside the old one");
+        assert!(
+            second.files.contains(&first.files[0]),
+            "the old file is listed again, not stored again"
+        );
+
+        // Open the second snapshot's files as a new instance; the states
+        // keep their ids even if registered in another order.
+        let meta = crate::state::snapshot::decode_native_meta(&second.meta).unwrap();
+        let shared_dir = store.shared_dir();
+        let source = NativeSource {
+            key_groups: 0..4,
+            meta,
+            shared_dir: &shared_dir,
+            files: &second.files,
+        };
+        let mut restored = shared.open_from("op", 1, 0..4, Some(&source)).unwrap();
+        let l2 = restored.register("l", StateKind::List).unwrap();
+        let v2 = restored.register("v", StateKind::Value).unwrap();
+        let mut out = Vec::new();
+        assert!(restored.value_get_into(v2, 2, b"k2", &mut out).unwrap());
+        assert_eq!(out, b"two");
+        assert_eq!(
+            restored.list_get(l2, 3, b"k3").unwrap(),
+            vec![b"a".to_vec()]
+        );
+
+        // Read by key group, as a rescaled restore does.
+        let mut seen = Vec::new();
+        visit_native::<StateError>(&source, 1..3, &mut |kg, e| {
+            seen.push((kg, format!("{e:?}")));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen.iter().all(|(kg, _)| (1..3).contains(kg)));
+        drop((b, restored));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -10,7 +10,18 @@
 //!
 //! Decoding checks every length against the section, so a corrupt section
 //! is an error naming the offset, never a panic or a partial read.
+//!
+//! An incremental checkpoint of a RocksDB instance is not entries but the
+//! instance's own files ([`NativeCopy`]): its immutable SST files, shared
+//! between checkpoints, and a *native meta* blob in the state file holding
+//! the state names by id and RocksDB's small metadata files.
 
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::checkpoint::manifest::{FileEntry, NativeFile};
 use crate::state::{StateBackend, StateEntry, StateError, StateKind};
 use crate::time::TimeDomain;
 
@@ -49,6 +60,36 @@ pub enum SnapshotError {
 /// Work that writes a frozen copy of a backend's state into a snapshot.
 pub type Deferred = Box<dyn FnOnce(&mut KeyedSnapshot) -> Result<(), StateError> + Send>;
 
+/// SST files of one backend already in the checkpoint storage's shared
+/// area, by their name in the backend's folder.
+pub type SharedFiles = Arc<Mutex<HashMap<String, FileEntry>>>;
+
+/// A frozen RocksDB instance handed over as its own files. The checkpoint
+/// writer stores each SST file in the shared area unless `stored` has it
+/// (an SST file never changes once written, and its name is never reused
+/// by the instance), and the meta blob in the task's state file.
+pub struct NativeCopy {
+    /// The frozen folder: deleted when the copy is dropped.
+    pub frozen: PathBuf,
+    pub key_groups: Range<u32>,
+    /// See [`encode_native_meta`].
+    pub meta: Vec<u8>,
+    /// SST file names in `frozen`.
+    pub sst_files: Vec<String>,
+    pub stored: SharedFiles,
+    /// Begins the shared name of each new file: unique to the instance's
+    /// lifetime, since RocksDB numbers files per instance.
+    pub shared_prefix: String,
+    /// Filled by the writer: every SST file and where it is stored.
+    pub files: Vec<NativeFile>,
+}
+
+impl Drop for NativeCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.frozen);
+    }
+}
+
 /// Entries of one operator instance, bucketed by key group as they are
 /// written; entries of a backend that froze its state are written later
 /// by [`KeyedSnapshot::complete`].
@@ -56,6 +97,8 @@ pub struct KeyedSnapshot {
     first: u32,
     groups: Vec<Vec<u8>>,
     deferred: Vec<Deferred>,
+    incremental: bool,
+    native: Option<NativeCopy>,
 }
 
 impl std::fmt::Debug for KeyedSnapshot {
@@ -74,7 +117,30 @@ impl KeyedSnapshot {
             first: key_groups.start,
             groups: vec![Vec::new(); key_groups.len()],
             deferred: Vec::new(),
+            incremental: false,
+            native: None,
         }
+    }
+
+    /// A snapshot for a checkpoint: backends may hand over their own files.
+    pub fn incremental(key_groups: std::ops::Range<u32>) -> Self {
+        KeyedSnapshot {
+            incremental: true,
+            ..Self::new(key_groups)
+        }
+    }
+
+    /// Sets the backend's files as its part of the snapshot.
+    pub fn set_native(&mut self, copy: NativeCopy) {
+        self.native = Some(copy);
+    }
+
+    pub fn native(&self) -> Option<&NativeCopy> {
+        self.native.as_ref()
+    }
+
+    pub fn native_mut(&mut self) -> Option<&mut NativeCopy> {
+        self.native.as_mut()
     }
 
     /// Whether entries are still to be written by [`KeyedSnapshot::complete`].
@@ -114,7 +180,7 @@ impl KeyedSnapshot {
     /// Adds every state entry of `backend`, key group by key group: now, or
     /// later from a frozen copy when the backend can make one.
     pub fn add_backend(&mut self, backend: &mut dyn StateBackend) -> Result<(), StateError> {
-        if let Some(work) = backend.snapshot_later()? {
+        if let Some(work) = backend.snapshot_later(self.incremental)? {
             self.deferred.push(work);
             return Ok(());
         }
@@ -136,6 +202,74 @@ impl KeyedSnapshot {
             .filter(|(_, g)| !g.is_empty())
             .map(|(i, g)| (self.first + i as u32, g.as_slice()))
     }
+}
+
+const KIND_VALUE: u8 = 1;
+const KIND_MAP: u8 = 2;
+const KIND_LIST: u8 = 3;
+
+/// The native meta blob: the state names and kinds by id (`u32` count,
+/// then name and kind byte each), then RocksDB's metadata files (`u32`
+/// count, then name and contents each).
+pub fn encode_native_meta(states: &[(String, StateKind)], files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(states.len() as u32).to_le_bytes());
+    for (name, kind) in states {
+        put_str(&mut out, name);
+        out.push(match kind {
+            StateKind::Value => KIND_VALUE,
+            StateKind::Map => KIND_MAP,
+            StateKind::List => KIND_LIST,
+        });
+    }
+    out.extend_from_slice(&(files.len() as u32).to_le_bytes());
+    for (name, bytes) in files {
+        put_str(&mut out, name);
+        put_bytes(&mut out, bytes);
+    }
+    out
+}
+
+/// One old instance's native state in a verified checkpoint.
+pub struct NativeSource<'a> {
+    pub key_groups: Range<u32>,
+    pub meta: NativeMeta<'a>,
+    /// Where the SST files are, by their shared names.
+    pub shared_dir: &'a std::path::Path,
+    pub files: &'a [NativeFile],
+}
+
+/// A decoded native meta blob.
+pub struct NativeMeta<'a> {
+    pub states: Vec<(String, StateKind)>,
+    pub files: Vec<(&'a str, &'a [u8])>,
+}
+
+pub fn decode_native_meta(bytes: &[u8]) -> Result<NativeMeta<'_>, SnapshotError> {
+    let mut r = Reader { bytes, at: 0 };
+    let mut states = Vec::new();
+    for _ in 0..r.u32()? {
+        let name = r.str()?.to_owned();
+        let kind = match r.take(1)?[0] {
+            KIND_VALUE => StateKind::Value,
+            KIND_MAP => StateKind::Map,
+            KIND_LIST => StateKind::List,
+            _ => return Err(r.corrupt("unknown state kind")),
+        };
+        states.push((name, kind));
+    }
+    let mut files = Vec::new();
+    for _ in 0..r.u32()? {
+        let name = r.str()?;
+        if name.is_empty() || name.contains('/') || name.contains("..") {
+            return Err(r.corrupt("a metadata file name leaves its folder"));
+        }
+        files.push((name, r.bytes()?));
+    }
+    if r.at != bytes.len() {
+        return Err(r.corrupt("bytes after the last metadata file"));
+    }
+    Ok(NativeMeta { states, files })
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -217,8 +351,14 @@ impl<'a> Reader<'a> {
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], SnapshotError> {
-        let len = u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
+        let len = self.u32()?;
         self.take(len as usize)
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn i64(&mut self) -> Result<i64, SnapshotError> {

@@ -475,7 +475,8 @@ impl Drop for S3Server {
 }
 
 #[test]
-fn checkpoints_in_an_s3_compatible_store_restore_after_kills_with_or_without_local_copies() {
+fn incremental_rocksdb_checkpoints_in_an_s3_compatible_store_restore_after_kills_with_or_without_local_copies()
+ {
     let s3 = S3Server::start();
     assert!(s3.request("PUT", "/weir").starts_with("HTTP/1.1 200"));
     let tmp = TempDir::new("s3");
@@ -487,9 +488,13 @@ fn checkpoints_in_an_s3_compatible_store_restore_after_kills_with_or_without_loc
         "{{interval: 250ms, dir: s3://weir/checkpoints, local_dir: {}}}",
         cache.display()
     );
+    let rocksdb = format!(
+        "state: rocksdb\nrocksdb: {{dir: {}}}\n",
+        tmp.path("rocks").display()
+    );
     std::fs::write(
         &spec,
-        keyed_count_yaml("s3job", 2, (events, keys, 60_000), &out, &checkpoint),
+        keyed_count_yaml("s3job", 2, (events, keys, 60_000), &out, &checkpoint) + &rocksdb,
     )
     .unwrap();
     let envs = [
@@ -499,7 +504,8 @@ fn checkpoints_in_an_s3_compatible_store_restore_after_kills_with_or_without_loc
         ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s3.port)),
     ];
     // After the first kill the local copies go: the restart must download
-    // its checkpoint; after the second they stay (local recovery).
+    // its checkpoint, shared SST files included; after the second they stay
+    // (local recovery).
     let drop_cache = |kill: usize| {
         if kill == 0 {
             std::fs::remove_dir_all(&cache).expect("the local staging copy exists");
@@ -514,6 +520,7 @@ fn checkpoints_in_an_s3_compatible_store_restore_after_kills_with_or_without_loc
     let listing = s3.request("GET", "/weir?list-type=2&prefix=checkpoints/s3job/");
     assert!(listing.contains("manifest.json"), "{listing}");
     assert!(listing.contains(".state"), "{listing}");
+    assert!(listing.contains("s3job/shared/count-"), "{listing}");
 }
 
 #[test]

@@ -60,7 +60,15 @@ pub fn runtime() -> Arc<WasmRuntime> {
     .clone()
 }
 
+/// The job environment of in-process tests. With `WEIR_LOG` set, the jobs'
+/// logs go to each test's captured output (`--nocapture` shows them).
 pub fn env() -> JobEnv {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     JobEnv::new(
         runtime(),
         vec![examples_dir().to_owned(), fixtures_dir().to_owned()],
