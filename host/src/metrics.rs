@@ -36,6 +36,7 @@ pub struct Metrics {
     pub backpressure_seconds: CounterVec,
     pub checkpoint_seconds: HistogramVec,
     pub checkpoint_bytes: IntGaugeVec,
+    pub checkpoint_added_bytes: IntGaugeVec,
     pub checkpoint_alignment_seconds: HistogramVec,
     pub checkpoints: IntCounterVec,
     pub last_checkpoint_id: IntGaugeVec,
@@ -170,7 +171,12 @@ impl Metrics {
             )?),
             checkpoint_bytes: register!(gauge(
                 "weir_checkpoint_size_bytes",
-                "Size of the last completed checkpoint.",
+                "Size of the last completed checkpoint, shared files it lists included.",
+                JOB
+            )?),
+            checkpoint_added_bytes: register!(gauge(
+                "weir_checkpoint_added_bytes",
+                "Bytes the last completed checkpoint stored beyond the files of the one before (all of it unless RocksDB checkpoints are incremental).",
                 JOB
             )?),
             checkpoint_alignment_seconds: register!(histogram(

@@ -60,6 +60,8 @@ pub struct BenchOptions {
     pub state: String,
     pub keys: u64,
     pub checkpoint_interval_ms: u64,
+    /// RocksDB checkpoints without shared files.
+    pub full_checkpoints: bool,
     pub runs: usize,
     pub batch_size: usize,
 }
@@ -88,6 +90,10 @@ pub struct BenchResult {
     pub checkpointed_events_per_sec: Option<f64>,
     pub checkpoint_vs_none: Option<f64>,
     pub checkpoints_completed: Option<u64>,
+    /// Mean full size of a checkpoint, and mean bytes each stored beyond
+    /// the files of the one before.
+    pub checkpoint_bytes: Option<u64>,
+    pub checkpoint_added_bytes: Option<u64>,
     /// With `--state rocksdb`: the same Wasm workload on memory state.
     pub memory_events_per_sec: Option<f64>,
     pub memory_peak_rss_bytes: Option<u64>,
@@ -244,7 +250,15 @@ struct Measured {
     cpu_seconds: f64,
     p99: Option<Duration>,
     checkpoints: u64,
+    checkpoint_bytes: u64,
+    checkpoint_added_bytes: u64,
     peak_rss: u64,
+}
+
+/// Bytes per completed checkpoint over all runs.
+fn per_checkpoint(runs: &[Measured], bytes: impl Fn(&Measured) -> u64) -> u64 {
+    let checkpoints: u64 = runs.iter().map(|m| m.checkpoints).sum();
+    runs.iter().map(bytes).sum::<u64>() / checkpoints.max(1)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -291,6 +305,7 @@ fn measure(
     if variant.state == StateBackendKind::Rocksdb {
         spec.rocksdb = Some(RocksDbSpec {
             dir: std::env::temp_dir().join(format!("weir-bench-state-{}", std::process::id())),
+            incremental: !o.full_checkpoints,
             ..RocksDbSpec::default()
         });
     }
@@ -360,6 +375,8 @@ fn measure(
             cpu_seconds: cpu,
             p99: report.latency.quantile(0.99),
             checkpoints: report.checkpoints.completed,
+            checkpoint_bytes: report.checkpoints.bytes,
+            checkpoint_added_bytes: report.checkpoints.added_bytes,
             peak_rss,
         });
     }
@@ -468,6 +485,12 @@ pub fn run(o: &BenchOptions, env: &JobEnv) -> Result<BenchResult, BenchError> {
         checkpoints_completed: checkpointed
             .as_ref()
             .map(|c| median(c.iter().map(|m| m.checkpoints as f64).collect()) as u64),
+        checkpoint_bytes: checkpointed
+            .as_deref()
+            .map(|c| per_checkpoint(c, |m| m.checkpoint_bytes)),
+        checkpoint_added_bytes: checkpointed
+            .as_deref()
+            .map(|c| per_checkpoint(c, |m| m.checkpoint_added_bytes)),
         memory_events_per_sec: memory_eps,
         memory_peak_rss_bytes: memory.as_deref().map(peak),
         rocksdb_vs_memory: memory_eps.map(|m| eps / m),

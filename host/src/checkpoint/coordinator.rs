@@ -213,6 +213,10 @@ pub struct CheckpointCounts {
     pub aborted: u64,
     pub last_completed: Option<CheckpointId>,
     pub last_duration: Option<Duration>,
+    /// Full sizes of the completed checkpoints, summed.
+    pub bytes: u64,
+    /// Bytes the completed checkpoints added, summed (see `sizes`).
+    pub added_bytes: u64,
 }
 
 pub struct Coordinator {
@@ -230,6 +234,8 @@ pub struct Coordinator {
     gone: Vec<bool>,
     /// The run is ending: no more checkpoints.
     abandoned: bool,
+    /// Shared files the last complete checkpoint listed.
+    previous_shared: std::collections::BTreeSet<String>,
     pub counts: CheckpointCounts,
     /// Set when the run must restart for the checkpoints' sake.
     failure: Option<String>,
@@ -260,6 +266,7 @@ impl Coordinator {
             finals: (0..tasks).map(|_| None).collect(),
             gone: vec![false; tasks],
             abandoned: false,
+            previous_shared: Default::default(),
             failure: None,
             counts: CheckpointCounts::default(),
         })
@@ -589,18 +596,38 @@ impl Coordinator {
         }
     }
 
-    fn record_metrics(&self, manifest: &Manifest, took: Duration) {
+    /// A checkpoint's full size, and the bytes it added: its own files and
+    /// the shared files the previous complete checkpoint did not list.
+    fn sizes(&self, manifest: &Manifest) -> (u64, u64) {
+        let own: u64 = manifest.files.iter().map(|f| f.size).sum();
+        let (mut full, mut added) = (own, own);
+        for file in manifest.shared_files() {
+            full += file.size;
+            if !self.previous_shared.contains(&file.name) {
+                added += file.size;
+            }
+        }
+        (full, added)
+    }
+
+    fn record_metrics(&mut self, manifest: &Manifest, took: Duration) {
         let m = crate::metrics::metrics();
         let job = self.config.job.as_str();
         m.checkpoints.with_label_values(&[job, "completed"]).inc();
         m.checkpoint_seconds
             .with_label_values(&[job])
             .observe(took.as_secs_f64());
-        let size: u64 = manifest.files.iter().map(|f| f.size).sum();
+        let (size, added) = self.sizes(manifest);
         history().completed(job, manifest.checkpoint, took, size);
         m.checkpoint_bytes
             .with_label_values(&[job])
             .set(size as i64);
+        m.checkpoint_added_bytes
+            .with_label_values(&[job])
+            .set(added as i64);
+        self.counts.bytes += size;
+        self.counts.added_bytes += added;
+        self.previous_shared = manifest.shared_files().map(|f| f.name.clone()).collect();
         m.last_checkpoint_id
             .with_label_values(&[job])
             .set(manifest.checkpoint as i64);

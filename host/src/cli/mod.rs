@@ -113,6 +113,10 @@ pub enum Command {
         keys: u64,
         #[arg(long, default_value_t = 0)]
         checkpoint_interval: u64,
+        /// With `--state rocksdb`: checkpoints copy all state instead of
+        /// sharing unchanged files with the checkpoint before.
+        #[arg(long)]
+        full_checkpoints: bool,
         /// Measured runs per variant; figures are medians.
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -262,6 +266,7 @@ pub fn main() -> ExitCode {
             state,
             keys,
             checkpoint_interval,
+            full_checkpoints,
             runs,
             batch_size,
             modules,
@@ -280,6 +285,7 @@ pub fn main() -> ExitCode {
                 state,
                 keys,
                 checkpoint_interval_ms: checkpoint_interval,
+                full_checkpoints,
                 runs,
                 batch_size,
             };
