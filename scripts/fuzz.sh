@@ -37,7 +37,7 @@ for target in "${targets[@]}"; do
     -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
     >"$log" 2>&1; then
     tail -n 40 "$log" >&2
-    echo "[weir] fuzz target $target failed; the input is under host/fuzz/artifacts/$target/" >&2
+    echo "[weir] fuzz target $target failed (log above); a crashing input is kept under host/fuzz/artifacts/$target/" >&2
     exit 1
   fi
   grep -E "^stat::(number_of_executed_units|peak_rss_mb)" "$log" | sed "s/^/[weir] $target /" >&2

@@ -597,6 +597,7 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
                     write_buffer_bytes: r.write_buffer as usize,
                     value_cache_bytes: r.value_cache as usize,
                     incremental: r.incremental,
+                    checkpoint_shared_dir: store.as_ref().map(CheckpointStore::shared_dir),
                 },
                 &spec.name,
             ))

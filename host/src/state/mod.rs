@@ -267,6 +267,7 @@ mod conformance {
                 // Small enough that the tests below go through eviction.
                 value_cache_bytes: 1 << 10,
                 incremental: true,
+                checkpoint_shared_dir: None,
             },
             "conformance",
         );

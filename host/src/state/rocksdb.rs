@@ -68,6 +68,10 @@ pub struct RocksDbConfig {
     /// Checkpoints hand over the instance's own files (see
     /// [`StateBackend::snapshot_later`]).
     pub incremental: bool,
+    /// The folder this job's checkpoints keep shared files in. Files of a
+    /// restored instance that are already there are not stored again; ones
+    /// restored from elsewhere (another job's checkpoint) are.
+    pub checkpoint_shared_dir: Option<PathBuf>,
 }
 
 /// What the instances of one job share.
@@ -176,8 +180,10 @@ impl RocksDbShared {
             );
             materialize(native, &path)?;
             states = native.meta.states.clone();
-            for file in native.files {
-                stored.insert(file.local.clone(), file.shared.clone());
+            if self.config.checkpoint_shared_dir.as_deref() == Some(native.shared_dir) {
+                for file in native.files {
+                    stored.insert(file.local.clone(), file.shared.clone());
+                }
             }
         }
         let db = DB::open(&options, &path).map_err(storage)?;
@@ -928,6 +934,7 @@ mod tests {
                 write_buffer_bytes: 1 << 20,
                 value_cache_bytes,
                 incremental: true,
+                checkpoint_shared_dir: None,
             },
             "test",
         )
@@ -1037,6 +1044,29 @@ mod tests {
             restored.list_get(l2, 3, b"k3").unwrap(),
             vec![b"a".to_vec()]
         );
+
+        // Checkpointed again: files restored from another job's folder are
+        // stored anew, ones from this job's folder are listed as they are.
+        let elsewhere = snapshot(&mut restored);
+        assert!(
+            (elsewhere.native().unwrap().files.iter()).all(|f| !second.files.contains(f)),
+            "stored again under new names"
+        );
+        let same_job = RocksDbShared::new(
+            RocksDbConfig {
+                dir: dir.clone(),
+                block_cache_bytes: 8 << 20,
+                write_buffer_bytes: 1 << 20,
+                value_cache_bytes: 1 << 20,
+                incremental: true,
+                checkpoint_shared_dir: Some(shared_dir.clone()),
+            },
+            "test",
+        );
+        let mut reopened = same_job.open_from("op", 2, 0..4, Some(&source)).unwrap();
+        let again = snapshot(&mut reopened);
+        assert_eq!(again.native().unwrap().files, second.files);
+        drop((again, elsewhere, reopened));
 
         // Read by key group, as a rescaled restore does.
         let mut seen = Vec::new();
