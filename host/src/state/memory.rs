@@ -46,11 +46,28 @@ fn key_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
 
+/// Key equality. Keys are mostly a few bytes long, and for those two
+/// overlapping word loads beat a call to `memcmp` on every probe.
+#[inline(always)]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+    match n {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => a == b,
+    }
+}
+
 impl ValueTable {
     fn find(&self, group: usize, key: &[u8]) -> Option<u32> {
         let entries = &self.entries;
         self.index[group]
-            .find(key_hash(key), |&i| &*entries[i as usize].key == key)
+            .find(key_hash(key), |&i| same_key(&entries[i as usize].key, key))
             .copied()
     }
 
@@ -474,6 +491,20 @@ impl StateBackend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_of_every_length_compare_byte_for_byte() {
+        for n in 0..40usize {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(same_key(&a, &a.clone()));
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 1;
+                assert!(!same_key(&a, &b), "length {n}, byte {i}");
+            }
+            assert!(!same_key(&a, &[a.as_slice(), &[0]].concat()));
+        }
+    }
 
     #[test]
     fn value_map_list_round_trip_and_key_group_scope() {
