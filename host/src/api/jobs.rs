@@ -56,6 +56,8 @@ pub enum JobsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("savepoint target `{0}`: give an absolute folder or an s3://bucket/prefix URL")]
+    SavepointTarget(PathBuf),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,10 +423,23 @@ impl JobManager {
         Ok((spec, modules))
     }
 
-    /// Blocks until the savepoint is complete.
-    pub fn savepoint(&self, name: &str, stop: bool) -> Result<PathBuf, JobsError> {
+    /// Blocks until the savepoint is complete. It goes below `target` (an
+    /// absolute folder or `s3://bucket/prefix`, as Flink's
+    /// `target-directory`), else below the data folder, where
+    /// [`Jobs::savepoints`] lists it.
+    pub fn savepoint(
+        &self,
+        name: &str,
+        stop: bool,
+        target: Option<PathBuf>,
+    ) -> Result<PathBuf, JobsError> {
+        if let Some(t) = &target
+            && !(t.is_absolute() || crate::checkpoint::storage::is_remote(t))
+        {
+            return Err(JobsError::SavepointTarget(t.clone()));
+        }
         let control = self.control(name)?;
-        let dir = self.savepoint_dir(name);
+        let dir = target.unwrap_or_else(|| self.savepoint_dir(name));
         Ok(if stop {
             control.stop_with_savepoint(&dir)?
         } else {
@@ -499,7 +514,7 @@ impl JobManager {
         let mut spec = JobSpec::parse(&text)?;
         spec.parallelism = parallelism;
         spec.validate()?;
-        let savepoint = self.savepoint(name, true)?;
+        let savepoint = self.savepoint(name, true, None)?;
         self.wait_not_running(name, std::time::Duration::from_secs(60))?;
         self.submit(
             &text,
@@ -575,7 +590,7 @@ impl JobManager {
             return self.swap_in_place(name, operator, (&reference, &path), new_text, store);
         }
 
-        let savepoint = self.savepoint(name, true)?;
+        let savepoint = self.savepoint(name, true, None)?;
         self.wait_not_running(name, std::time::Duration::from_secs(60))?;
         let newest = || {
             store

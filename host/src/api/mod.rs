@@ -67,9 +67,10 @@ impl From<JobsError> for ApiError {
     fn from(e: JobsError) -> Self {
         let status = match &e {
             // A spec naming an unknown module is a bad spec, not a 404.
-            JobsError::Spec(_) | JobsError::LocalModule(_) | JobsError::Module { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            JobsError::Spec(_)
+            | JobsError::LocalModule(_)
+            | JobsError::Module { .. }
+            | JobsError::SavepointTarget(_) => StatusCode::BAD_REQUEST,
             JobsError::Running(_) | JobsError::NotRunning(_) | JobsError::StopTimeout(_) => {
                 StatusCode::CONFLICT
             }
@@ -273,15 +274,22 @@ async fn job_savepoints(
     Ok(Json(serde_json::json!({ "savepoints": savepoints })))
 }
 
+#[derive(Deserialize)]
+struct SavepointQuery {
+    /// Where the savepoint goes instead of the data folder.
+    target: Option<PathBuf>,
+}
+
 async fn savepoint(
     state: Shared,
     headers: HeaderMap,
     name: String,
     stop: bool,
+    target: Option<PathBuf>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
     let s = state.clone();
-    let path = blocking(move || Ok(s.jobs.savepoint(&name, stop)?)).await?;
+    let path = blocking(move || Ok(s.jobs.savepoint(&name, stop, target)?)).await?;
     Ok(Json(serde_json::json!({ "savepoint": path })))
 }
 
@@ -289,16 +297,18 @@ async fn take_savepoint(
     State(state): State<Shared>,
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
+    Query(query): Query<SavepointQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    savepoint(state, headers, name, false).await
+    savepoint(state, headers, name, false, query.target).await
 }
 
 async fn stop_job(
     State(state): State<Shared>,
     headers: HeaderMap,
     UrlPath(name): UrlPath<String>,
+    Query(query): Query<SavepointQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    savepoint(state, headers, name, true).await
+    savepoint(state, headers, name, true, query.target).await
 }
 
 #[derive(Deserialize)]

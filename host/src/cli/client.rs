@@ -61,9 +61,20 @@ pub enum JobCommand {
     /// Show one job.
     Show { name: String },
     /// Take a savepoint (waits until it is complete).
-    Savepoint { name: String },
+    Savepoint {
+        name: String,
+        /// An absolute folder or s3://bucket/prefix instead of the server's
+        /// data folder.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Stop with a savepoint.
-    Stop { name: String },
+    Stop {
+        name: String,
+        /// As for `savepoint`.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Cancel without a savepoint.
     Cancel { name: String },
     /// Start a stopped job again with its own spec: from the savepoint it
@@ -374,7 +385,9 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
             });
             Ok(())
         }
-        JobCommand::Savepoint { name } => savepoint(&client, json, &name, "savepoint"),
+        JobCommand::Savepoint { name, target } => {
+            savepoint(&client, json, &name, "savepoint", target)
+        }
         JobCommand::Resume {
             name,
             savepoint,
@@ -428,7 +441,7 @@ pub fn job(args: ServerArgs, command: JobCommand) -> ExitCode {
             });
             Ok(())
         }
-        JobCommand::Stop { name } => savepoint(&client, json, &name, "stop"),
+        JobCommand::Stop { name, target } => savepoint(&client, json, &name, "stop", target),
         JobCommand::Upgrade {
             name,
             operator,
@@ -479,13 +492,20 @@ fn print_job(json: bool, v: &serde_json::Value) {
     });
 }
 
-fn savepoint(client: &Client, json: bool, name: &str, action: &str) -> Result<(), Failure> {
+fn savepoint(
+    client: &Client,
+    json: bool,
+    name: &str,
+    action: &str,
+    target: Option<String>,
+) -> Result<(), Failure> {
     eprintln!("waiting for the savepoint of {name}...");
+    let query: Vec<(&str, String)> = target.into_iter().map(|t| ("target", t)).collect();
     let v = client.call_showing(
         Some("savepoint"),
         reqwest::Method::POST,
         &format!("/v1/jobs/{name}/{action}"),
-        &[],
+        &query,
         None,
     )?;
     print(json, &v, |v| {

@@ -296,9 +296,19 @@ source: {type: nope}"
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["savepoints"].as_array().map(Vec::len), Some(2), "{v}");
 
-    let (status, v) = http.post("/v1/jobs/counts/stop", None);
+    // Stop with the savepoint in a folder of the caller's choosing (Flink's
+    // `target-directory`); a relative one is refused with its name.
+    let (status, v) = http.post("/v1/jobs/counts/stop?target=elsewhere", None);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(error_of(&v).contains("`elsewhere`"), "{v}");
+    let target = tmp.path("chosen");
+    let (status, v) = http.post(
+        &format!("/v1/jobs/counts/stop?target={}", target.display()),
+        None,
+    );
     assert_eq!(status, StatusCode::OK, "{v}");
     let savepoint = v["savepoint"].as_str().unwrap().to_owned();
+    assert!(savepoint.starts_with(target.to_str().unwrap()), "{v}");
     let job = http.wait_job("counts", |j| j["state"] != "running");
     assert_eq!(job["state"], "stopped", "{job}");
     let (status, _) = http.post("/v1/jobs/counts/stop", None);
