@@ -508,7 +508,12 @@ fn download(remote: &Remote, folder: &str, dir: &Path) -> Result<(), CheckpointE
             continue;
         }
         let relative = format!("{SHARED_DIR}/{}", file.name);
-        let bytes = remote.get(&relative)?.ok_or_else(|| missing(&relative))?;
+        let bytes = remote
+            .get(&relative)?
+            .ok_or_else(|| CheckpointError::Corrupt {
+                path: dir.to_owned(),
+                problem: format!("{}/{relative} is missing", remote.url()),
+            })?;
         std::fs::create_dir_all(&shared).map_err(io_error(&shared))?;
         write_file(&shared, &file.name, &bytes)?;
     }
