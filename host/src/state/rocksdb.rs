@@ -166,10 +166,7 @@ impl RocksDbShared {
                 }
             }
         }
-        std::fs::create_dir_all(&path).map_err(|e| StateError::Storage {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
         let guard = RemoveOnDrop(path.clone());
         let mut states = Vec::new();
         let mut stored = std::collections::HashMap::new();
@@ -223,14 +220,18 @@ fn instance_nonce(path: &Path) -> u64 {
     hash(&seed)
 }
 
+/// A file-system error on the RocksDB files in `path`.
+fn io(path: &Path, e: std::io::Error) -> StateError {
+    StateError::Storage {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
 /// Lays the files of native state out in folder `dir`, as RocksDB wrote
 /// them: metadata files from the blob, SST files linked (or copied) from
 /// the shared folder.
 fn materialize(native: &NativeSource<'_>, dir: &Path) -> Result<(), StateError> {
-    let io = |path: &Path, e: std::io::Error| StateError::Storage {
-        path: path.to_owned(),
-        message: e.to_string(),
-    };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     for (name, bytes) in &native.meta.files {
         let path = dir.join(name);
@@ -821,10 +822,6 @@ impl StateBackend for RocksDbBackend {
                     files: Vec::new(),
                 };
                 let mut meta_files = Vec::new();
-                let io = |path: &Path, e: std::io::Error| StateError::Storage {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                };
                 let entries = std::fs::read_dir(&copy.frozen).map_err(|e| io(&copy.frozen, e))?;
                 for entry in entries {
                     let entry = entry.map_err(|e| io(&copy.frozen, e))?;
