@@ -258,12 +258,14 @@ impl<'a> InputWriter<'a> {
         self.buf[at..at + 2].copy_from_slice(&input.to_le_bytes());
     }
 
+    #[inline]
     pub fn slot_key(&mut self, key: &[u8]) {
         debug_assert_eq!(self.entries, 0, "slots precede entries");
         put_bytes(self.buf, key);
         self.slots += 1;
     }
 
+    #[inline]
     pub fn slot_state(&mut self, value: Option<&[u8]>) {
         put_optional(self.buf, value);
     }
@@ -287,6 +289,7 @@ impl<'a> InputWriter<'a> {
         Ok(())
     }
 
+    #[inline]
     pub fn record(&mut self, slot: u32, timestamp: i64, value: &[u8]) {
         put_u32(self.buf, slot);
         put_i64(self.buf, timestamp);
@@ -294,6 +297,7 @@ impl<'a> InputWriter<'a> {
         self.entries += 1;
     }
 
+    #[inline]
     pub fn window_add(&mut self, slot: u32, timestamp: i64, value: &[u8]) {
         put_u32(self.buf, slot);
         put_u32(self.buf, 0);
@@ -315,6 +319,7 @@ impl<'a> InputWriter<'a> {
         self.entries += 1;
     }
 
+    #[inline]
     pub fn timer(&mut self, slot: u32, time: i64, domain: Domain) {
         put_u32(self.buf, slot);
         put_i64(self.buf, time);
@@ -621,6 +626,7 @@ impl<'a> OutputReader<'a> {
         self.emits_left
     }
 
+    #[inline]
     pub fn next_emit(&mut self) -> Result<Option<Emit<'a>>, AbiError> {
         if self.emits_left == 0 {
             return Ok(None);
@@ -636,6 +642,7 @@ impl<'a> OutputReader<'a> {
 
     /// The next update; all emits must have been read first. Slot and state
     /// ranges are the caller's to check: only it knows the batch.
+    #[inline]
     pub fn next_update(&mut self) -> Result<Option<Update<'a>>, AbiError> {
         if self.emits_left != 0 {
             return Err(AbiError {

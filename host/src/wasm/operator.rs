@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHasher;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Store, Trap};
 use weir_abi::{BatchKind, Domain, InputWriter, OutputReader};
@@ -342,11 +342,51 @@ pub struct WasmOperator {
     dedup: HashTable<u32>,
     /// Slots of the batch's keys that have a stored value, by their handle
     /// in the first value state.
-    handle_slots: FxHashMap<u32, u32>,
+    handle_slots: HandleSlots,
     /// Per slot, per value state (slot-major): the stored value's handle.
     slot_handles: Vec<Option<ValueHandle>>,
     /// Which input the records batch being processed came from.
     input_index: u16,
+}
+
+/// Slots by value handle for one batch. Backends hand out dense handles
+/// (slab or cache indices, fewer than the stored values), so a vector indexed
+/// by handle replaces a hash map at 8 bytes per stored value;
+/// a batch stamp marks which entries belong to the current batch, so starting
+/// a batch clears nothing.
+#[derive(Default)]
+struct HandleSlots {
+    /// Per handle: (batch stamp, slot).
+    by_handle: Vec<(u32, u32)>,
+    stamp: u32,
+}
+
+impl HandleSlots {
+    fn begin_batch(&mut self) {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            // Stamps wrapped: old entries could look current.
+            self.by_handle.iter_mut().for_each(|e| e.0 = 0);
+            self.stamp = 1;
+        }
+    }
+
+    #[inline]
+    fn get(&self, handle: ValueHandle) -> Option<u32> {
+        match self.by_handle.get(handle.0 as usize) {
+            Some(&(stamp, slot)) if stamp == self.stamp => Some(slot),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn insert(&mut self, handle: ValueHandle, slot: u32) {
+        let at = handle.0 as usize;
+        if at >= self.by_handle.len() {
+            self.by_handle.resize((at + 1).next_power_of_two(), (0, 0));
+        }
+        self.by_handle[at] = (self.stamp, slot);
+    }
 }
 
 fn fx_hash(key: &[u8]) -> u64 {
@@ -380,7 +420,7 @@ impl WasmOperator {
             .map_err(|e| OperatorError::new(&self.info, e))?;
         self.entry_slots.clear();
         self.dedup.clear();
-        self.handle_slots.clear();
+        self.handle_slots.begin_batch();
         self.slot_handles.clear();
         let Some((&first_state, other_states)) = self.value_ids.split_first() else {
             for (key, cached_group) in keys {
@@ -407,7 +447,7 @@ impl WasmOperator {
                 .value_find(first_state, group, key)
                 .map_err(fail)?;
             let existing = match handle {
-                Some(h) => self.handle_slots.get(&h.0).copied(),
+                Some(h) => self.handle_slots.get(h),
                 None => {
                     let hash = fx_hash(key);
                     self.dedup
@@ -421,7 +461,7 @@ impl WasmOperator {
                     let s = call.push_slot(key, group);
                     match handle {
                         Some(h) => {
-                            self.handle_slots.insert(h.0, s);
+                            self.handle_slots.insert(h, s);
                         }
                         None => {
                             let slots = &call.slots;
@@ -860,7 +900,7 @@ impl WasmOperator {
             input: Vec::new(),
             entry_slots: Vec::new(),
             dedup: HashTable::new(),
-            handle_slots: FxHashMap::default(),
+            handle_slots: HandleSlots::default(),
             slot_handles: Vec::new(),
             input_index: 0,
         })
