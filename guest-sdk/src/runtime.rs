@@ -139,13 +139,50 @@ fn declare(names: &mut Vec<String>, name: &str) -> u32 {
     index as u32
 }
 
+/// A value state of one slot: a range of the input buffer (the value the host
+/// sent) or of the batch arena (a value written during this batch), or absent.
+/// Two words with a flag bit rather than a three-variant enum, which compiles
+/// to a jump table: dispatching through it on every read was a fifth of the
+/// guest's time per record.
 #[derive(Clone, Copy)]
-enum Val {
-    Absent,
-    /// A range of the input buffer: the value the host sent.
-    Input(u32, u32),
-    /// A range of the batch arena: a value written during this batch.
-    Arena(u32, u32),
+struct Val {
+    /// With [`Val::IN_ARENA`] set: an offset into the arena.
+    start: u32,
+    /// [`Val::ABSENT`] when the state has no value.
+    len: u32,
+}
+
+impl Val {
+    const ABSENT: u32 = u32::MAX;
+    const IN_ARENA: u32 = 1 << 31;
+    const NONE: Val = Val {
+        start: 0,
+        len: Val::ABSENT,
+    };
+
+    fn input((start, len): (u32, u32)) -> Val {
+        Val { start, len }
+    }
+
+    fn arena(start: usize, len: usize) -> Val {
+        Val {
+            start: start as u32 | Val::IN_ARENA,
+            len: len as u32,
+        }
+    }
+
+    #[inline]
+    fn bytes<'a>(self, input: &'a [u8], arena: &'a [u8]) -> Option<&'a [u8]> {
+        if self.len == Val::ABSENT {
+            return None;
+        }
+        let (buf, start) = if self.start & Val::IN_ARENA != 0 {
+            (arena, self.start & !Val::IN_ARENA)
+        } else {
+            (input, self.start)
+        };
+        Some(range(buf, (start, self.len)))
+    }
 }
 
 /// The batch's distinct keys and their value states.
@@ -219,27 +256,21 @@ impl Context<'_> {
         slot: u32,
         state: &ValueState<T>,
     ) -> Result<Option<T>> {
-        let bytes = match self.table.values[self.value_index_at(slot, state.id)] {
-            Val::Absent => None,
-            Val::Input(s, l) => Some(range(self.input, (s, l))),
-            Val::Arena(s, l) => Some(range(&self.table.arena, (s, l))),
-        };
-        bytes.map(T::decode).transpose()
+        self.table.values[self.value_index_at(slot, state.id)]
+            .bytes(self.input, &self.table.arena)
+            .map(T::decode)
+            .transpose()
     }
 
     pub(crate) fn clear_at<T>(&mut self, slot: u32, state: &ValueState<T>) {
         let index = self.value_index_at(slot, state.id);
-        self.table.values[index] = Val::Absent;
+        self.table.values[index] = Val::NONE;
         self.table.dirty[index] = true;
     }
 
     /// The raw bytes of a value state for the current key.
     pub fn get_bytes<T>(&self, state: &ValueState<T>) -> Option<&[u8]> {
-        match self.table.values[self.value_index(state.id)] {
-            Val::Absent => None,
-            Val::Input(s, l) => Some(range(self.input, (s, l))),
-            Val::Arena(s, l) => Some(range(&self.table.arena, (s, l))),
-        }
+        self.table.values[self.value_index(state.id)].bytes(self.input, &self.table.arena)
     }
 
     /// A value state for the current key.
@@ -253,14 +284,14 @@ impl Context<'_> {
         let start = self.table.arena.len();
         value.encode(&mut self.table.arena);
         let len = self.table.arena.len() - start;
-        self.table.values[index] = Val::Arena(start as u32, len as u32);
+        self.table.values[index] = Val::arena(start, len);
         self.table.dirty[index] = true;
     }
 
     /// Clears a value state for the current key.
     pub fn clear<T>(&mut self, state: &ValueState<T>) {
         let index = self.value_index(state.id);
-        self.table.values[index] = Val::Absent;
+        self.table.values[index] = Val::NONE;
         self.table.dirty[index] = true;
     }
 
@@ -464,11 +495,8 @@ fn run_batch<O: Operator>(
         table.keys.push(offset_in(input, key));
         for value in &slot_states {
             table.values.push(match value {
-                Some(v) => {
-                    let (s, l) = offset_in(input, v);
-                    Val::Input(s, l)
-                }
-                None => Val::Absent,
+                Some(v) => Val::input(offset_in(input, v)),
+                None => Val::NONE,
             });
         }
     }
@@ -549,12 +577,7 @@ fn run_batch<O: Operator>(
         }
         let slot = index as u32 / states;
         let state = index as u32 % states;
-        let value = match table.values[index] {
-            Val::Absent => None,
-            Val::Input(s, l) => Some(range(input, (s, l))),
-            Val::Arena(s, l) => Some(range(&table.arena, (s, l))),
-        };
-        out.update(slot, state, value);
+        out.update(slot, state, table.values[index].bytes(input, &table.arena));
     }
     Ok(out.finish())
 }

@@ -18,12 +18,18 @@
 //!   grants nothing; guest stdout and stderr go to the host log.
 //! - Instances come from the pooling allocator through an `InstancePre`, so
 //!   a new task instantiates in microseconds.
+//!
+//! `WEIR_WASM_PROFILE=perfmap` makes the engine write `/tmp/perf-<pid>.map`,
+//! so `perf report` names guest functions instead of showing JIT addresses.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+    ProfilingStrategy,
+};
 
 /// Limits applied to every guest instance.
 #[derive(Clone, Debug)]
@@ -112,6 +118,9 @@ impl SandboxEngine {
             .max_wasm_stack(policy.max_stack)
             .cranelift_opt_level(OptLevel::Speed)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if std::env::var("WEIR_WASM_PROFILE").as_deref() == Ok("perfmap") {
+            config.profiler(ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
 
         let stop = Arc::new(AtomicBool::new(false));
