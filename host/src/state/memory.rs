@@ -1,9 +1,9 @@
 //! The in-memory backend.
 //!
 //! Value states live in a slab per state (one entry per key: key, key group,
-//! value bytes) with one hash index per key group over it, so a lookup is one
-//! probe and a [`ValueHandle`] is the slab index: reads and writes through it
-//! cost no probe at all. Freed slab entries are reused. Map and list states
+//! value bytes, short ones inline) with one hash index per key group over it,
+//! so a lookup is one probe and a [`ValueHandle`] is the slab index: reads and
+//! writes through it cost no probe at all. Freed slab entries are reused. Map and list states
 //! keep one hash map per key group. Bytes are stored exactly as the operator
 //! wrote them; a snapshot is a walk over the key group's index. Map states
 //! iterate in sorted order so every backend agrees.
@@ -21,22 +21,87 @@ enum Cell {
     List(Vec<Vec<u8>>),
 }
 
-struct ValueEntry {
-    hash: u64,
-    key: Box<[u8]>,
-    value: Vec<u8>,
-    /// Offset of the entry's key group in the backend's range; `u32::MAX`
-    /// marks a free entry.
-    group: u32,
+/// Bytes kept inline when at most [`SmallBytes::INLINE`] long, on the heap
+/// beyond. Keys and counters are mostly a few bytes: inline, a lookup compares
+/// and a read copies without following a pointer to another cache line.
+#[derive(Clone)]
+enum SmallBytes {
+    Inline {
+        len: u8,
+        data: [u8; SmallBytes::INLINE],
+    },
+    Heap(Box<[u8]>),
 }
 
+const _: () = assert!(std::mem::size_of::<SmallBytes>() == 24);
+
+impl SmallBytes {
+    const INLINE: usize = 22;
+    const EMPTY: SmallBytes = SmallBytes::Inline {
+        len: 0,
+        data: [0; SmallBytes::INLINE],
+    };
+
+    fn new(bytes: &[u8]) -> Self {
+        if bytes.len() > Self::INLINE {
+            return SmallBytes::Heap(bytes.into());
+        }
+        let mut data = [0; Self::INLINE];
+        copy_short(&mut data[..bytes.len()], bytes);
+        SmallBytes::Inline {
+            len: bytes.len() as u8,
+            data,
+        }
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            SmallBytes::Inline { len, data } => &data[..*len as usize],
+            SmallBytes::Heap(bytes) => bytes,
+        }
+    }
+
+    /// Replaces the bytes, in place when they fit where the old ones were.
+    #[inline]
+    fn set(&mut self, bytes: &[u8]) {
+        match self {
+            SmallBytes::Inline { len, data } if bytes.len() <= Self::INLINE => {
+                copy_short(&mut data[..bytes.len()], bytes);
+                *len = bytes.len() as u8;
+            }
+            SmallBytes::Heap(old) if old.len() == bytes.len() => old.copy_from_slice(bytes),
+            _ => *self = SmallBytes::new(bytes),
+        }
+    }
+}
+
+/// `copy_from_slice` with the common eight-byte case as one word move
+/// instead of a call to `memcpy`.
+#[inline(always)]
+fn copy_short(to: &mut [u8], from: &[u8]) {
+    match (
+        <&mut [u8; 8]>::try_from(&mut *to),
+        <&[u8; 8]>::try_from(from),
+    ) {
+        (Ok(to), Ok(from)) => *to = *from,
+        _ => to.copy_from_slice(from),
+    }
+}
+
+/// Marks a free slab entry in `ValueTable::groups`.
 const FREE: u32 = u32::MAX;
 
+/// One value state's entries as parallel arrays indexed by slab position,
+/// so that a lookup's probes touch only the index and the keys.
 #[derive(Default)]
 struct ValueTable {
-    entries: Vec<ValueEntry>,
+    keys: Vec<SmallBytes>,
+    values: Vec<SmallBytes>,
+    /// Offset of each entry's key group in the backend's range, or [`FREE`].
+    groups: Vec<u32>,
     free: Vec<u32>,
-    /// Per key group: indices into `entries`, hashed by key.
+    /// Per key group: slab positions, hashed by key.
     index: Vec<HashTable<u32>>,
 }
 
@@ -64,55 +129,59 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl ValueTable {
+    #[inline]
     fn find(&self, group: usize, key: &[u8]) -> Option<u32> {
-        let entries = &self.entries;
+        let keys = &self.keys;
         self.index[group]
-            .find(key_hash(key), |&i| same_key(&entries[i as usize].key, key))
+            .find(key_hash(key), |&i| {
+                same_key(keys[i as usize].as_slice(), key)
+            })
             .copied()
     }
 
     fn insert(&mut self, group: usize, key: &[u8], value: &[u8]) {
-        let hash = key_hash(key);
-        let entry = ValueEntry {
-            hash,
-            key: key.into(),
-            value: value.to_vec(),
-            group: group as u32,
-        };
+        let (key, value) = (SmallBytes::new(key), SmallBytes::new(value));
         let at = match self.free.pop() {
             Some(i) => {
-                self.entries[i as usize] = entry;
+                self.keys[i as usize] = key;
+                self.values[i as usize] = value;
+                self.groups[i as usize] = group as u32;
                 i
             }
             None => {
-                self.entries.push(entry);
-                (self.entries.len() - 1) as u32
+                self.keys.push(key);
+                self.values.push(value);
+                self.groups.push(group as u32);
+                (self.keys.len() - 1) as u32
             }
         };
-        let entries = &self.entries;
-        self.index[group].insert_unique(hash, at, |&i| entries[i as usize].hash);
+        let keys = &self.keys;
+        let hash = key_hash(keys[at as usize].as_slice());
+        // Rehashing recomputes hashes from the keys: rarer than keeping
+        // eight bytes more per entry in the lookup's cache lines.
+        self.index[group].insert_unique(hash, at, |&i| key_hash(keys[i as usize].as_slice()));
     }
 
     fn remove_at(&mut self, at: u32) {
-        let entry = &mut self.entries[at as usize];
-        if entry.group == FREE {
+        let group = self.groups[at as usize];
+        if group == FREE {
             return;
         }
-        let group = entry.group as usize;
-        let hash = entry.hash;
-        entry.group = FREE;
-        entry.key = Box::default();
-        entry.value = Vec::new();
-        if let Ok(found) = self.index[group].find_entry(hash, |&i| i == at) {
+        let hash = key_hash(self.keys[at as usize].as_slice());
+        if let Ok(found) = self.index[group as usize].find_entry(hash, |&i| i == at) {
             found.remove();
         }
+        self.groups[at as usize] = FREE;
+        self.keys[at as usize] = SmallBytes::EMPTY;
+        self.values[at as usize] = SmallBytes::EMPTY;
         self.free.push(at);
     }
 
-    fn live(&self, handle: ValueHandle) -> Option<&ValueEntry> {
-        self.entries
+    #[inline]
+    fn is_live(&self, handle: ValueHandle) -> bool {
+        self.groups
             .get(handle.0 as usize)
-            .filter(|e| e.group != FREE)
+            .is_some_and(|&g| g != FREE)
     }
 }
 
@@ -261,7 +330,7 @@ impl StateBackend for MemoryBackend {
         let table = self.values(id)?;
         match table.find(group, key) {
             Some(i) => {
-                out.extend_from_slice(&table.entries[i as usize].value);
+                out.extend_from_slice(table.values[i as usize].as_slice());
                 Ok(true)
             }
             None => Ok(false),
@@ -279,11 +348,7 @@ impl StateBackend for MemoryBackend {
         let group = self.group_offset(key_group)?;
         let table = self.values_mut(id)?;
         match table.find(group, key) {
-            Some(i) => {
-                let v = &mut table.entries[i as usize].value;
-                v.clear();
-                v.extend_from_slice(value);
-            }
+            Some(i) => table.values[i as usize].set(value),
             None => table.insert(group, key, value),
         }
         Ok(())
@@ -311,13 +376,14 @@ impl StateBackend for MemoryBackend {
 
     #[inline]
     fn value_read(&self, id: StateId, handle: ValueHandle) -> Result<&[u8], StateError> {
-        self.values(id)?
-            .live(handle)
-            .map(|e| e.value.as_slice())
-            .ok_or(StateError::StaleHandle {
+        let table = self.values(id)?;
+        if !table.is_live(handle) {
+            return Err(StateError::StaleHandle {
                 id,
                 handle: handle.0,
-            })
+            });
+        }
+        Ok(table.values[handle.0 as usize].as_slice())
     }
 
     #[inline]
@@ -328,18 +394,14 @@ impl StateBackend for MemoryBackend {
         value: Option<&[u8]>,
     ) -> Result<(), StateError> {
         let table = self.values_mut(id)?;
-        if table.live(handle).is_none() {
+        if !table.is_live(handle) {
             return Err(StateError::StaleHandle {
                 id,
                 handle: handle.0,
             });
         }
         match value {
-            Some(bytes) => {
-                let v = &mut table.entries[handle.0 as usize].value;
-                v.clear();
-                v.extend_from_slice(bytes);
-            }
+            Some(bytes) => table.values[handle.0 as usize].set(bytes),
             None => table.remove_at(handle.0),
         }
         Ok(())
@@ -453,11 +515,10 @@ impl StateBackend for MemoryBackend {
             match &table.store {
                 Store::Values(values) => {
                     for &i in values.index[index].iter() {
-                        let e = &values.entries[i as usize];
                         visit(StateEntry::Value {
                             state,
-                            key: &e.key,
-                            value: &e.value,
+                            key: values.keys[i as usize].as_slice(),
+                            value: values.values[i as usize].as_slice(),
                         });
                     }
                 }
@@ -491,6 +552,30 @@ impl StateBackend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_keep_their_bytes_across_the_inline_limit() {
+        let mut b = MemoryBackend::new(0..4);
+        let v = b.register("v", StateKind::Value).unwrap();
+        let lengths = [0, 1, 8, 22, 23, 64, 23, 8, 0, 30, 30];
+        for (round, &n) in lengths.iter().enumerate() {
+            let key: Vec<u8> = (0..n as u8).map(|x| x ^ 0x5a).collect();
+            let value: Vec<u8> = (0..n).map(|x| (x + round) as u8).collect();
+            b.value_put(v, 2, b"k", &value).unwrap();
+            b.value_put(v, 2, &key, &value).unwrap();
+            let mut got = Vec::new();
+            assert!(b.value_get_into(v, 2, b"k", &mut got).unwrap());
+            assert_eq!(got, value, "value of {n} bytes after {round} writes");
+            got.clear();
+            assert!(b.value_get_into(v, 2, &key, &mut got).unwrap());
+            assert_eq!(got, value, "key of {n} bytes");
+        }
+        for &n in &lengths {
+            let key: Vec<u8> = (0..n as u8).map(|x| x ^ 0x5a).collect();
+            b.value_remove(v, 2, &key).unwrap();
+            assert!(!b.value_get_into(v, 2, &key, &mut Vec::new()).unwrap());
+        }
+    }
 
     #[test]
     fn keys_of_every_length_compare_byte_for_byte() {
