@@ -490,15 +490,14 @@ fn run_batch<O: Operator>(
         arena: Vec::new(),
         states,
     };
-    let mut slot_states = Vec::with_capacity(states as usize);
-    while let Some(key) = reader.next_slot_into(&mut slot_states)? {
+    let values = &mut table.values;
+    while let Some(key) = reader.next_slot_with(|state| {
+        values.push(match state {
+            Some(v) => Val::input(offset_in(input, v)),
+            None => Val::NONE,
+        })
+    })? {
         table.keys.push(offset_in(input, key));
-        for value in &slot_states {
-            table.values.push(match value {
-                Some(v) => Val::input(offset_in(input, v)),
-                None => Val::NONE,
-            });
-        }
     }
     let mut out = OutputWriter::with_capacity(input.len() + 64);
     while let Some(entry) = reader.next_entry()? {

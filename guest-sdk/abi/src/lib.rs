@@ -184,7 +184,7 @@ fn put_i64(buf: &mut Vec<u8>, v: i64) {
     buf.extend_from_slice(&v.to_le_bytes());
 }
 
-#[inline]
+#[inline(always)]
 fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     put_u32(buf, b.len() as u32);
     append(buf, b);
@@ -434,19 +434,20 @@ impl<'a> InputReader<'a> {
         })
     }
 
-    /// The next slot's key, with its states appended to `states` (cleared first).
-    pub fn next_slot_into(
+    /// The next slot's key, after handing each of its states in order to
+    /// `each_state`.
+    #[inline]
+    pub fn next_slot_with(
         &mut self,
-        states: &mut Vec<Option<&'a [u8]>>,
+        mut each_state: impl FnMut(Option<&'a [u8]>),
     ) -> Result<Option<&'a [u8]>, AbiError> {
         if self.slots_left == 0 {
             return Ok(None);
         }
         self.slots_left -= 1;
         let key = self.cursor.bytes("slot key")?;
-        states.clear();
         for _ in 0..self.header.value_state_count {
-            states.push(self.cursor.optional_bytes("slot state")?);
+            each_state(self.cursor.optional_bytes("slot state")?);
         }
         Ok(Some(key))
     }
@@ -454,7 +455,7 @@ impl<'a> InputReader<'a> {
     pub fn next_slot(&mut self) -> Result<Option<Slot<'a>>, AbiError> {
         let mut states = Vec::new();
         Ok(self
-            .next_slot_into(&mut states)?
+            .next_slot_with(|state| states.push(state))?
             .map(|key| Slot { key, states }))
     }
 
@@ -555,11 +556,16 @@ impl OutputWriter {
     #[inline]
     pub fn emit(&mut self, tag: u32, timestamp: i64, key: &[u8], value: &[u8]) {
         debug_assert_eq!(self.updates, 0, "emits precede updates");
-        // One capacity check for the whole record instead of one per field.
+        // One capacity check for the whole record, and the fixed-size fields
+        // in as few appends as the variable-size ones allow: in a guest each
+        // append reloads the vector's length and pointer from memory.
         self.buf.reserve(24 + key.len() + value.len());
-        put_u32(&mut self.buf, tag);
-        put_i64(&mut self.buf, timestamp);
-        put_bytes(&mut self.buf, key);
+        let mut head = [0u8; 16];
+        head[..4].copy_from_slice(&tag.to_le_bytes());
+        head[4..12].copy_from_slice(&timestamp.to_le_bytes());
+        head[12..].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&head);
+        append(&mut self.buf, key);
         put_bytes(&mut self.buf, value);
         self.emits += 1;
     }
@@ -567,9 +573,14 @@ impl OutputWriter {
     #[inline]
     pub fn update(&mut self, slot: u32, state: u32, value: Option<&[u8]>) {
         self.buf.reserve(12 + value.map_or(0, <[u8]>::len));
-        put_u32(&mut self.buf, slot);
-        put_u32(&mut self.buf, state);
-        put_optional(&mut self.buf, value);
+        let mut head = [0u8; 12];
+        head[..4].copy_from_slice(&slot.to_le_bytes());
+        head[4..8].copy_from_slice(&state.to_le_bytes());
+        head[8..].copy_from_slice(&value.map_or(ABSENT, |v| v.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&head);
+        if let Some(v) = value {
+            append(&mut self.buf, v);
+        }
         self.updates += 1;
     }
 
