@@ -58,6 +58,11 @@ impl RecordBatch {
         self.entries.is_empty()
     }
 
+    /// Bytes the batch's arena holds without growing.
+    pub fn byte_capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
     /// Key and value bytes of all records.
     pub fn byte_len(&self) -> usize {
         self.data.len()

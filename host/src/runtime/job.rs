@@ -39,9 +39,10 @@ use crate::connectors::{
 };
 use crate::graph::spec::{JobSpec, OnError, SourceSpec, StateBackendKind, WindowSpec};
 use crate::graph::{TaskGroup, key_group_range, plan};
+use crate::runtime::batch::RecordBatch;
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{InstanceInfo, Operator, OperatorError};
-use crate::runtime::router::{Envelope, Fanout, Router};
+use crate::runtime::router::{Envelope, Fanout, Recycled, Router};
 use crate::runtime::task::{
     Aligned, AlignmentGroup, DEAD_LETTER_SINK, FinalSnapshot, Head, Rejects, SharedCounters,
     SourceTime, Tail, Task, TaskError, TaskLink, TaskStats,
@@ -971,6 +972,9 @@ fn run_once(
     // after input.
     let mut receivers: Vec<Vec<Option<Receiver<Envelope>>>> = Vec::new();
     let mut senders: Vec<Vec<Sender<Envelope>>> = Vec::new();
+    // Beside each: the way its batches go back to the senders.
+    let mut recycle: Vec<Vec<Recycled>> = Vec::new();
+    let mut recycled: Vec<Vec<Receiver<RecordBatch>>> = Vec::new();
     let mut channel_offsets: Vec<Vec<u32>> = Vec::new();
     for g in &groups {
         let mut offsets = Vec::new();
@@ -983,6 +987,8 @@ fn run_once(
         if g.inputs.is_empty() {
             senders.push(Vec::new());
             receivers.push(Vec::new());
+            recycle.push(Vec::new());
+            recycled.push(Vec::new());
             continue;
         }
         let (s, r): (Vec<_>, Vec<_>) = (0..g.parallelism)
@@ -990,6 +996,11 @@ fn run_once(
             .unzip();
         senders.push(s);
         receivers.push(r.into_iter().map(Some).collect());
+        let (back, from): (Vec<_>, Vec<_>) = (0..g.parallelism)
+            .map(|_| Recycled::channel(CHANNEL_BATCHES))
+            .unzip();
+        recycle.push(back);
+        recycled.push(from);
     }
     let sink_group = match spec.operators.len() {
         0 => 0,
@@ -1106,6 +1117,7 @@ fn run_once(
                     receiver: receivers[gi][instance as usize]
                         .take()
                         .expect("each receiver is taken once"),
+                    recycled: Some(recycle[gi][instance as usize].clone()),
                     watermarks: InputWatermarks::starting_at(
                         channel_inputs.len(),
                         resume_watermark.unwrap_or(i64::MIN),
@@ -1134,6 +1146,7 @@ fn run_once(
                             spec.max_parallelism,
                         );
                         router.block_when_full = oversubscribed;
+                        router.recycle_from(recycled[reader].clone());
                         router
                     })
                     .collect();

@@ -50,7 +50,7 @@ use crate::metrics::{OperatorMetrics, TaskMetrics};
 use crate::runtime::batch::RecordBatch;
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{Operator, OperatorError, Output, RejectedRecord};
-use crate::runtime::router::{Disconnected, Envelope, Event, Fanout};
+use crate::runtime::router::{Disconnected, Envelope, Event, Fanout, Recycled};
 use crate::state::snapshot::KeyedSnapshot;
 use crate::time::{BoundedOutOfOrderness, InputWatermarks, now_millis};
 
@@ -205,6 +205,8 @@ pub enum Head {
     },
     Input {
         receiver: Receiver<Envelope>,
+        /// Where records batches go back to the senders once handled.
+        recycled: Option<Recycled>,
         watermarks: InputWatermarks,
         /// Per channel (sending instance): which input of the first
         /// operator it belongs to.
@@ -795,6 +797,7 @@ impl Task {
             &mut self.head,
             Head::Input {
                 receiver: crossbeam_channel::never(),
+                recycled: None,
                 watermarks: InputWatermarks::new(0),
                 channel_inputs: Vec::new(),
             },
@@ -803,9 +806,10 @@ impl Task {
             Head::Source { source, time } => self.run_source(source, time),
             Head::Input {
                 receiver,
+                recycled,
                 watermarks,
                 channel_inputs,
-            } => self.run_input(receiver, watermarks, channel_inputs),
+            } => self.run_input(receiver, recycled, watermarks, channel_inputs),
         };
         let result = result.map_err(|e| match e {
             TaskError::PeerStopped { .. } => TaskError::PeerStopped {
@@ -924,6 +928,7 @@ impl Task {
     fn run_input(
         &mut self,
         receiver: Receiver<Envelope>,
+        recycled: Option<Recycled>,
         mut watermarks: InputWatermarks,
         channel_inputs: Vec<u16>,
     ) -> Result<(), TaskError> {
@@ -963,6 +968,9 @@ impl Task {
                     let r = self.run_chain(0, &batch);
                     self.head_input = 0;
                     r?;
+                    if let Some(recycled) = &recycled {
+                        recycled.give_back(batch);
+                    }
                 }
                 Event::Watermark(w) => {
                     if let Some(w) = watermarks.update(input, w) {
