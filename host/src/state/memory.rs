@@ -21,32 +21,35 @@ enum Cell {
     List(Vec<Vec<u8>>),
 }
 
-/// Bytes kept inline when at most [`SmallBytes::INLINE`] long, on the heap
-/// beyond. Keys and counters are mostly a few bytes: inline, a lookup compares
-/// and a read copies without following a pointer to another cache line.
+/// Bytes kept inline when at most `N` long, on the heap beyond. Keys and
+/// counters are mostly a few bytes: inline, a lookup compares and a read
+/// copies without following a pointer to another cache line.
 #[derive(Clone)]
-enum SmallBytes {
-    Inline {
-        len: u8,
-        data: [u8; SmallBytes::INLINE],
-    },
+enum SmallBytes<const N: usize> {
+    Inline { len: u8, data: [u8; N] },
     Heap(Box<[u8]>),
 }
 
-const _: () = assert!(std::mem::size_of::<SmallBytes>() == 24);
+/// Keys: a window's state key is the record key and two timestamps, 24
+/// bytes for an 8-byte key, and that must not cost an allocation per window.
+type KeyBytes = SmallBytes<30>;
+/// Values: counters, sums and short accumulators.
+type ValueBytes = SmallBytes<22>;
 
-impl SmallBytes {
-    const INLINE: usize = 22;
-    const EMPTY: SmallBytes = SmallBytes::Inline {
+const _: () = assert!(std::mem::size_of::<KeyBytes>() == 32);
+const _: () = assert!(std::mem::size_of::<ValueBytes>() == 24);
+
+impl<const N: usize> SmallBytes<N> {
+    const EMPTY: Self = SmallBytes::Inline {
         len: 0,
-        data: [0; SmallBytes::INLINE],
+        data: [0; N],
     };
 
     fn new(bytes: &[u8]) -> Self {
-        if bytes.len() > Self::INLINE {
+        if bytes.len() > N {
             return SmallBytes::Heap(bytes.into());
         }
-        let mut data = [0; Self::INLINE];
+        let mut data = [0; N];
         copy_short(&mut data[..bytes.len()], bytes);
         SmallBytes::Inline {
             len: bytes.len() as u8,
@@ -66,7 +69,7 @@ impl SmallBytes {
     #[inline]
     fn set(&mut self, bytes: &[u8]) {
         match self {
-            SmallBytes::Inline { len, data } if bytes.len() <= Self::INLINE => {
+            SmallBytes::Inline { len, data } if bytes.len() <= N => {
                 copy_short(&mut data[..bytes.len()], bytes);
                 *len = bytes.len() as u8;
             }
@@ -96,10 +99,14 @@ const FREE: u32 = u32::MAX;
 /// so that a lookup's probes touch only the index and the keys.
 #[derive(Default)]
 struct ValueTable {
-    keys: Vec<SmallBytes>,
-    values: Vec<SmallBytes>,
+    keys: Vec<KeyBytes>,
+    values: Vec<ValueBytes>,
     /// Offset of each entry's key group in the backend's range, or [`FREE`].
     groups: Vec<u32>,
+    /// Each entry's key hash, for growing and cleaning the index (window
+    /// state inserts and removes an entry per key and window) without
+    /// hashing every key again.
+    hashes: Vec<u64>,
     free: Vec<u32>,
     /// Per key group: slab positions, hashed by key.
     index: Vec<HashTable<u32>>,
@@ -140,26 +147,26 @@ impl ValueTable {
     }
 
     fn insert(&mut self, group: usize, key: &[u8], value: &[u8]) {
-        let (key, value) = (SmallBytes::new(key), SmallBytes::new(value));
+        let hash = key_hash(key);
+        let (key, value) = (KeyBytes::new(key), ValueBytes::new(value));
         let at = match self.free.pop() {
             Some(i) => {
                 self.keys[i as usize] = key;
                 self.values[i as usize] = value;
                 self.groups[i as usize] = group as u32;
+                self.hashes[i as usize] = hash;
                 i
             }
             None => {
                 self.keys.push(key);
                 self.values.push(value);
                 self.groups.push(group as u32);
+                self.hashes.push(hash);
                 (self.keys.len() - 1) as u32
             }
         };
-        let keys = &self.keys;
-        let hash = key_hash(keys[at as usize].as_slice());
-        // Rehashing recomputes hashes from the keys: rarer than keeping
-        // eight bytes more per entry in the lookup's cache lines.
-        self.index[group].insert_unique(hash, at, |&i| key_hash(keys[i as usize].as_slice()));
+        let hashes = &self.hashes;
+        self.index[group].insert_unique(hash, at, |&i| hashes[i as usize]);
     }
 
     fn remove_at(&mut self, at: u32) {
@@ -167,13 +174,13 @@ impl ValueTable {
         if group == FREE {
             return;
         }
-        let hash = key_hash(self.keys[at as usize].as_slice());
+        let hash = self.hashes[at as usize];
         if let Ok(found) = self.index[group as usize].find_entry(hash, |&i| i == at) {
             found.remove();
         }
         self.groups[at as usize] = FREE;
-        self.keys[at as usize] = SmallBytes::EMPTY;
-        self.values[at as usize] = SmallBytes::EMPTY;
+        self.keys[at as usize] = KeyBytes::EMPTY;
+        self.values[at as usize] = ValueBytes::EMPTY;
         self.free.push(at);
     }
 
@@ -557,7 +564,7 @@ mod tests {
     fn values_keep_their_bytes_across_the_inline_limit() {
         let mut b = MemoryBackend::new(0..4);
         let v = b.register("v", StateKind::Value).unwrap();
-        let lengths = [0, 1, 8, 22, 23, 64, 23, 8, 0, 30, 30];
+        let lengths = [0, 1, 8, 22, 23, 64, 23, 8, 0, 30, 31, 30, 31];
         for (round, &n) in lengths.iter().enumerate() {
             let key: Vec<u8> = (0..n as u8).map(|x| x ^ 0x5a).collect();
             let value: Vec<u8> = (0..n).map(|x| (x + round) as u8).collect();
