@@ -146,7 +146,7 @@ impl ValueTable {
             .copied()
     }
 
-    fn insert(&mut self, group: usize, key: &[u8], value: &[u8]) {
+    fn insert(&mut self, group: usize, key: &[u8], value: &[u8]) -> u32 {
         let hash = key_hash(key);
         let (key, value) = (KeyBytes::new(key), ValueBytes::new(value));
         let at = match self.free.pop() {
@@ -167,6 +167,7 @@ impl ValueTable {
         };
         let hashes = &self.hashes;
         self.index[group].insert_unique(hash, at, |&i| hashes[i as usize]);
+        at
     }
 
     fn remove_at(&mut self, at: u32) {
@@ -356,9 +357,28 @@ impl StateBackend for MemoryBackend {
         let table = self.values_mut(id)?;
         match table.find(group, key) {
             Some(i) => table.values[i as usize].set(value),
-            None => table.insert(group, key, value),
+            None => {
+                table.insert(group, key, value);
+            }
         }
         Ok(())
+    }
+
+    #[inline]
+    fn value_insert(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<ValueHandle>, StateError> {
+        let group = self.group_offset(key_group)?;
+        let table = self.values_mut(id)?;
+        debug_assert!(
+            table.find(group, key).is_none(),
+            "value_insert of a stored key"
+        );
+        Ok(Some(ValueHandle(table.insert(group, key, value))))
     }
 
     fn value_remove(&mut self, id: StateId, key_group: u32, key: &[u8]) -> Result<(), StateError> {

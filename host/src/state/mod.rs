@@ -151,6 +151,19 @@ pub trait StateBackend: Send {
         value: &[u8],
     ) -> Result<(), StateError>;
     fn value_remove(&mut self, id: StateId, key_group: u32, key: &[u8]) -> Result<(), StateError>;
+    /// Stores a value for a key the caller found without one and has not
+    /// written since (a window's new accumulator), so a backend may skip
+    /// looking for it again. Returns a handle to the new value where the
+    /// backend has one, for further writes in the same batch.
+    fn value_insert(
+        &mut self,
+        id: StateId,
+        key_group: u32,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Option<ValueHandle>, StateError> {
+        self.value_put(id, key_group, key, value).map(|()| None)
+    }
 
     /// Locates a stored value: one lookup, after which reads and writes of it
     /// go through the handle. `None` when the key has no value.

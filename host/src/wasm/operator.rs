@@ -631,13 +631,25 @@ impl WasmOperator {
                     bad(format!("update of undeclared value state {}", u.state)),
                 )
             })?;
-            let handle =
-                self.slot_handles[u.slot as usize * self.value_ids.len() + u.state as usize];
-            let r = match (handle, u.value) {
-                (Some(h), value) => call.backend.value_write(id, h, value),
+            let at = u.slot as usize * self.value_ids.len() + u.state as usize;
+            let r = match (self.slot_handles[at], u.value) {
+                (Some(h), value) => {
+                    // A removed value's handle may be reused by the next
+                    // insert: a later update of this slot must not reach it.
+                    if value.is_none() {
+                        self.slot_handles[at] = None;
+                    }
+                    call.backend.value_write(id, h, value)
+                }
+                // The key had no value when the batch began (or an update
+                // of this buffer removed it), and a key has one slot: nothing
+                // stored it since, except an earlier update of this same
+                // buffer, which left its handle here.
                 (None, Some(v)) => {
                     let key = slot_key_in(&call.slot_bytes, slot);
-                    call.backend.value_put(id, slot.key_group, key, v)
+                    call.backend
+                        .value_insert(id, slot.key_group, key, v)
+                        .map(|h| self.slot_handles[at] = h)
                 }
                 (None, None) => Ok(()),
             };
