@@ -73,7 +73,7 @@ fn run_threads(parallelism: u32, events: u64, cores: usize) -> u64 {
                 while ended < parallelism {
                     let envelope = rx.recv().expect("producers end with End");
                     match envelope.event {
-                        Event::Records(batch) => {
+                        Event::Records { batch, .. } => {
                             emitted += count_batch(op.as_mut(), &mut out, &batch);
                         }
                         Event::End => ended += 1,

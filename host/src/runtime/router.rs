@@ -7,6 +7,14 @@
 //! before it has been flushed to that target. A full channel blocks the
 //! sender: that is the backpressure that keeps memory bounded.
 //!
+//! A watermark rides on the next records batch to a target that has records
+//! waiting, instead of flushing the batch being filled, and goes alone to a
+//! target with none: a target learns of it no later than of the records
+//! before it. Delivering a watermark later than issued is always safe (it is
+//! a lower bound); delivering it often is what keeps windows small: a window
+//! operator holds every record since its last watermark, and at a watermark
+//! every 20 ms its state outgrew the caches.
+//!
 //! Batches travel back: a receiver hands each records batch it is done with,
 //! emptied, to the senders feeding it ([`Recycled`]), and a sender starts its
 //! next batch in one of those before allocating. A fresh allocation per batch
@@ -24,7 +32,11 @@ use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 /// What travels between tasks.
 #[derive(Debug)]
 pub enum Event {
-    Records(RecordBatch),
+    /// Records, then (when set) the sender's watermark.
+    Records {
+        batch: RecordBatch,
+        watermark: Option<i64>,
+    },
     Watermark(i64),
     /// The sender has had nothing to send for its idle timeout; it becomes
     /// active again with its next records or watermark.
@@ -92,6 +104,9 @@ pub struct Router {
     linger: Duration,
     max_parallelism: u32,
     round_robin: usize,
+    /// The latest watermark issued, and per target the latest one sent.
+    watermark: i64,
+    sent_watermarks: Vec<i64>,
     /// Time spent waiting for full channels.
     pub blocked: Duration,
     /// Block on a full channel instead of polling it (when the job has more
@@ -111,6 +126,7 @@ impl Router {
         linger: Duration,
         max_parallelism: u32,
     ) -> Self {
+        let sent_watermarks = vec![i64::MIN; targets.len()];
         let buffers = (0..targets.len())
             .map(|_| RecordBatch::with_capacity(batch_size, batch_size * 32))
             .collect();
@@ -126,6 +142,8 @@ impl Router {
             linger,
             max_parallelism,
             round_robin: from as usize,
+            watermark: i64::MIN,
+            sent_watermarks,
             blocked: Duration::ZERO,
             block_when_full: false,
         }
@@ -178,9 +196,18 @@ impl Router {
         result
     }
 
+    /// Sends target's records with the watermark it has not been sent yet;
+    /// with no records, the watermark alone.
     fn flush_target(&mut self, target: usize) -> Result<(), Disconnected> {
+        let watermark = (self.watermark > self.sent_watermarks[target]).then(|| {
+            self.sent_watermarks[target] = self.watermark;
+            self.watermark
+        });
         if self.buffers[target].is_empty() {
-            return Ok(());
+            return match watermark {
+                Some(w) => self.send(target, Event::Watermark(w)),
+                None => Ok(()),
+            };
         }
         let fresh = self
             .recycled
@@ -188,9 +215,19 @@ impl Router {
             .and_then(|r| r.try_recv().ok())
             .unwrap_or_else(|| RecordBatch::with_capacity(self.batch_size, self.batch_size * 32));
         let full = std::mem::replace(&mut self.buffers[target], fresh);
-        self.send(target, Event::Records(full))
+        self.send(
+            target,
+            Event::Records {
+                batch: full,
+                watermark,
+            },
+        )
     }
 
+    /// A target's batch is sent when the next record for it finds it full,
+    /// not as soon as it fills: a watermark issued after this write then
+    /// rides on it (see [`Router::watermark`]; [`Router::flush_due`] sends
+    /// what no watermark took).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), Disconnected> {
         if batch.is_empty() {
             return Ok(());
@@ -208,39 +245,64 @@ impl Router {
                         r.key_group
                     };
                     let t = instance_for_key_group(group, self.max_parallelism, n as u32) as usize;
+                    self.make_room(t)?;
                     self.buffers[t].push_with_group(r.key, r.value, r.timestamp, group);
                     self.buffers[t].merge_origin(batch.origin);
-                    if self.buffers[t].len() >= self.batch_size {
-                        self.flush_target(t)?;
-                    }
                 }
                 Partitioning::Forward if n > 1 => {
                     // Planned only between equal parallelisms.
                     let t = self.instance as usize % n;
+                    self.make_room(t)?;
                     self.buffers[t].push(r.key, r.value, r.timestamp);
                     self.buffers[t].merge_origin(batch.origin);
-                    if self.buffers[t].len() >= self.batch_size {
-                        self.flush_target(t)?;
-                    }
                 }
                 Partitioning::Rebalance | Partitioning::Forward => {
                     let t = self.round_robin % n;
                     self.round_robin = self.round_robin.wrapping_add(1);
+                    self.make_room(t)?;
                     self.buffers[t].push(r.key, r.value, r.timestamp);
                     self.buffers[t].merge_origin(batch.origin);
-                    if self.buffers[t].len() >= self.batch_size {
-                        self.flush_target(t)?;
-                    }
                 }
                 Partitioning::Broadcast => {
                     for t in 0..n {
+                        self.make_room(t)?;
                         self.buffers[t].push(r.key, r.value, r.timestamp);
                         self.buffers[t].merge_origin(batch.origin);
-                        if self.buffers[t].len() >= self.batch_size {
-                            self.flush_target(t)?;
-                        }
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn make_room(&mut self, target: usize) -> Result<(), Disconnected> {
+        if self.buffers[target].len() >= self.batch_size {
+            self.flush_target(target)?;
+        }
+        Ok(())
+    }
+
+    fn flush_full(&mut self) -> Result<(), Disconnected> {
+        for t in 0..self.targets.len() {
+            self.make_room(t)?;
+        }
+        Ok(())
+    }
+
+    /// Issues a watermark: now, on a full batch or alone, to a target with
+    /// a full batch or none; with the next batch to a target whose batch is
+    /// still filling. (So with batches of one record, every record is
+    /// followed by its watermark.)
+    pub fn watermark(&mut self, watermark: i64) -> Result<(), Disconnected> {
+        if watermark <= self.watermark {
+            return self.flush_full();
+        }
+        self.watermark = watermark;
+        for t in 0..self.targets.len() {
+            let waiting = self.buffers[t].len();
+            if waiting == 0 || waiting >= self.batch_size {
+                self.flush_target(t)?;
             }
         }
         Ok(())
@@ -251,10 +313,12 @@ impl Router {
         self.oldest.map(|t| t + self.linger)
     }
 
+    /// Sends full batches, and every batch once the oldest record waiting
+    /// has waited the linger time.
     pub fn flush_due(&mut self, now: Instant) -> Result<(), Disconnected> {
         match self.deadline() {
             Some(d) if d <= now => self.flush_all(),
-            _ => Ok(()),
+            _ => self.flush_full(),
         }
     }
 
@@ -312,8 +376,130 @@ impl Fanout {
         Ok(())
     }
 
+    pub fn watermark(&mut self, watermark: i64) -> Result<(), Disconnected> {
+        for r in &mut self.routers {
+            r.watermark(watermark)?;
+        }
+        Ok(())
+    }
+
     /// Time spent waiting for full channels, over all readers.
     pub fn blocked(&self) -> Duration {
         self.routers.iter().map(|r| r.blocked).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(targets: usize, batch_size: usize) -> (Router, Vec<Receiver<Envelope>>) {
+        let (senders, receivers) = (0..targets).map(|_| crossbeam_channel::unbounded()).unzip();
+        let router = Router::new(
+            0,
+            0,
+            senders,
+            Partitioning::Rebalance,
+            batch_size,
+            Duration::from_secs(60),
+            128,
+        );
+        (router, receivers)
+    }
+
+    fn records(timestamps: &[i64]) -> RecordBatch {
+        let mut batch = RecordBatch::new();
+        for &t in timestamps {
+            batch.push(b"k", b"v", t);
+        }
+        batch
+    }
+
+    /// Per message: the records' timestamps and the watermark after them.
+    fn received(receiver: &Receiver<Envelope>) -> Vec<(Vec<i64>, Option<i64>)> {
+        receiver
+            .try_iter()
+            .map(|e| match e.event {
+                Event::Records { batch, watermark } => {
+                    (batch.iter().map(|r| r.timestamp).collect(), watermark)
+                }
+                Event::Watermark(w) => (Vec::new(), Some(w)),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_watermark_waits_for_a_filling_batch_and_goes_alone_to_an_empty_target() {
+        let (mut router, receivers) = router(2, 4);
+        // Round robin from target 0: three records, two to target 0.
+        router.write(&records(&[1, 2, 3])).unwrap();
+        router.write(&records(&[4])).unwrap();
+        router.watermark(3).unwrap();
+        assert_eq!(received(&receivers[0]), vec![]);
+        assert_eq!(received(&receivers[1]), vec![]);
+        router.write(&records(&[5, 6])).unwrap();
+        router.watermark(4).unwrap();
+        // Three of four records each: both batches still filling.
+        assert_eq!(received(&receivers[0]), vec![]);
+        router.flush_all().unwrap();
+        assert_eq!(received(&receivers[0]), vec![(vec![1, 3, 5], Some(4))]);
+        assert_eq!(received(&receivers[1]), vec![(vec![2, 4, 6], Some(4))]);
+        router.watermark(9).unwrap();
+        assert_eq!(received(&receivers[0]), vec![(vec![], Some(9))]);
+        assert_eq!(received(&receivers[1]), vec![(vec![], Some(9))]);
+    }
+
+    #[test]
+    fn a_full_batch_carries_the_watermark_issued_after_it() {
+        let (mut router, receivers) = router(1, 2);
+        router.write(&records(&[1, 2])).unwrap();
+        assert_eq!(
+            received(&receivers[0]),
+            vec![],
+            "full, but sent with what follows"
+        );
+        router.watermark(2).unwrap();
+        assert_eq!(received(&receivers[0]), vec![(vec![1, 2], Some(2))]);
+        router.write(&records(&[3, 4, 5])).unwrap();
+        router.flush_due(Instant::now()).unwrap();
+        assert_eq!(received(&receivers[0]), vec![(vec![3, 4], None)]);
+        router.flush_all().unwrap();
+        assert_eq!(received(&receivers[0]), vec![(vec![5], None)]);
+    }
+
+    #[test]
+    fn a_watermark_never_overtakes_records_written_before_it() {
+        let (mut router, receivers) = router(3, 5);
+        let mut issued = Vec::new();
+        let mut t = 0;
+        for round in 0..200 {
+            let n = round % 7 + 1;
+            let ts: Vec<i64> = (t..t + n).collect();
+            t += n;
+            router.write(&records(&ts)).unwrap();
+            router.watermark(t - 1).unwrap();
+            issued.push(t - 1);
+            if round % 11 == 0 {
+                router.flush_due(Instant::now()).unwrap();
+            }
+        }
+        router.flush_all().unwrap();
+        for receiver in &receivers {
+            let mut watermark = i64::MIN;
+            let mut seen_max = i64::MIN;
+            for (timestamps, w) in received(receiver) {
+                for ts in timestamps {
+                    assert!(ts > watermark, "record {ts} after watermark {watermark}");
+                    seen_max = seen_max.max(ts);
+                }
+                if let Some(w) = w {
+                    assert!(w > watermark, "watermarks rise");
+                    watermark = w;
+                }
+            }
+            assert_eq!(watermark, *issued.last().unwrap(), "the last one arrives");
+            assert!(seen_max <= watermark);
+        }
     }
 }

@@ -728,7 +728,7 @@ impl Task {
         self.fire_in_order(&|op, out| op.advance_watermark(watermark, out))?;
         if let Tail::Router(router) = &mut self.tail {
             router
-                .broadcast(|| Event::Watermark(watermark))
+                .watermark(watermark)
                 .map_err(|d| TaskError::PeerStopped {
                     task: format!("{d:?}"),
                 })?;
@@ -858,8 +858,8 @@ impl Task {
             {
                 // Ahead of the slowest instance: hold back, but keep
                 // flushing, firing timers and taking barriers.
-                self.flush_due()?;
                 self.fire_processing_timers()?;
+                self.flush_due()?;
                 std::thread::sleep(Duration::from_micros(200));
                 continue;
             }
@@ -920,8 +920,8 @@ impl Task {
                 self.flush_due()?;
                 self.broadcast_idle()?;
             }
-            self.flush_due()?;
             self.fire_processing_timers()?;
+            self.flush_due()?;
         }
     }
 
@@ -946,8 +946,8 @@ impl Task {
             let Envelope { from, event } = match message {
                 Ok(envelope) => envelope,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.flush_due()?;
                     self.fire_processing_timers()?;
+                    self.flush_due()?;
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -960,7 +960,7 @@ impl Task {
                 continue;
             }
             match event {
-                Event::Records(batch) => {
+                Event::Records { batch, watermark } => {
                     watermarks.activate(input);
                     self.metrics.idle_inputs.set(watermarks.idle_count() as i64);
                     self.stats.records_in += batch.len() as u64;
@@ -970,6 +970,9 @@ impl Task {
                     r?;
                     if let Some(recycled) = &recycled {
                         recycled.give_back(batch);
+                    }
+                    if let Some(w) = watermark.and_then(|w| watermarks.update(input, w)) {
+                        self.advance_watermark(w)?;
                     }
                 }
                 Event::Watermark(w) => {
@@ -1024,8 +1027,8 @@ impl Task {
             if alignment.is_none() && ended.iter().all(|&e| e) {
                 return self.finish(None);
             }
-            self.flush_due()?;
             self.fire_processing_timers()?;
+            self.flush_due()?;
         }
     }
 
