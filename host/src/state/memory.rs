@@ -2,9 +2,9 @@
 //!
 //! Value states live in a slab per state (one entry per key: key, key group,
 //! value bytes, short ones inline) with one hash index per key group over it,
-//! so a lookup is one probe and a [`ValueHandle`] is the slab index: reads and
-//! writes through it cost no probe at all. Freed slab entries are reused. Map and list states
-//! keep one hash map per key group. Bytes are stored exactly as the operator
+//! so a lookup is one probe and a [`ValueHandle`] is the slab index: reads
+//! and writes through it cost no probe at all. Freed slab entries are reused.
+//! Map and list states keep one hash map per key group. Bytes are stored exactly as the operator
 //! wrote them; a snapshot is a walk over the key group's index. Map states
 //! iterate in sorted order so every backend agrees.
 
