@@ -572,11 +572,20 @@ pub struct WatermarkSpec {
     /// Watermark alignment: an instance of this source whose watermark runs
     /// more than this ahead of the slowest instance's pauses until it
     /// catches up, so downstream windows do not pile up behind the slowest.
-    /// Off by default: an instance that has no records and no
-    /// `idle_timeout` would hold the others back for good.
+    /// Off by default, as an instance that has no records and no
+    /// `idle_timeout` would hold the others back for good; except for the
+    /// generated sources, which default to [`GENERATED_MAX_DRIFT`].
     #[serde(default, deserialize_with = "optional_duration")]
     pub max_drift: Option<Duration>,
 }
+
+/// Watermark alignment of the generated sources (`generator`, `nexmark`)
+/// when their spec sets no `max_drift`. Their instances always have a next
+/// event until they end (and an ended instance holds nobody back), so
+/// alignment cannot stall them, while without it the thread scheduler
+/// decides how far apart they drift, and every window between the slowest
+/// and the fastest instance stays open downstream.
+pub const GENERATED_MAX_DRIFT: Duration = Duration::from_secs(10);
 
 fn default_future_horizon() -> Duration {
     Duration::from_secs(24 * 3600)
@@ -1400,14 +1409,21 @@ impl JobSpec {
 }
 
 impl SourceSpec {
+    /// The source's watermark settings, defaults filled in: the generated
+    /// sources align their instances unless told otherwise (see
+    /// [`GENERATED_MAX_DRIFT`]).
     pub fn watermark(&self) -> WatermarkSpec {
-        match self {
+        let mut spec = match self {
             SourceSpec::Generator(g) => g.watermark,
             SourceSpec::File(f) => f.watermark,
             SourceSpec::Embedded(e) => e.watermark,
             SourceSpec::Kafka(k) => k.watermark,
             SourceSpec::Nexmark(n) => n.watermark,
+        };
+        if matches!(self, SourceSpec::Generator(_) | SourceSpec::Nexmark(_)) {
+            spec.max_drift = spec.max_drift.or(Some(GENERATED_MAX_DRIFT));
         }
+        spec
     }
 
     /// The source's type, as written in the spec.
@@ -1470,6 +1486,28 @@ sink: {type: discard}
         assert_eq!(spec.max_parallelism, 128);
         assert_eq!(spec.batch.size, 256);
         assert_eq!(spec.state, StateBackendKind::Memory);
+    }
+
+    #[test]
+    fn generated_sources_align_their_instances_unless_told_otherwise() {
+        let drift = |source: &str| {
+            let spec = JobSpec::parse(&MINIMAL.replace("{type: generator, events: 10}", source));
+            spec.unwrap().source.watermark().max_drift
+        };
+        assert_eq!(
+            drift("{type: generator, events: 10}"),
+            Some(GENERATED_MAX_DRIFT)
+        );
+        assert_eq!(
+            drift("{type: nexmark, events: 10}"),
+            Some(GENERATED_MAX_DRIFT)
+        );
+        assert_eq!(
+            drift("{type: generator, events: 10, watermark: {max_drift: 1s}}"),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(drift("{type: embedded}"), None);
+        assert_eq!(drift("{type: kafka, brokers: 'b:9092', topic: t}"), None);
     }
 
     #[test]
