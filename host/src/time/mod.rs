@@ -172,73 +172,196 @@ pub enum TimeDomain {
 /// Timers are kept in buckets by time: many keys usually share a time (every
 /// key's window ends together), so registering is a hash insert into its
 /// time's bucket instead of an ordered insert comparing keys. Within a time,
-/// timers fire in the order they were registered.
+/// timers fire in the order they were registered. A bucket's keys live back
+/// to back in one buffer, and emptied buckets are kept for the next times,
+/// so a steady stream of timers allocates nothing.
 #[derive(Debug, Default)]
 pub struct TimerService {
     event: BTreeMap<i64, Bucket>,
     processing: BTreeMap<i64, Bucket>,
+    spare: Vec<Bucket>,
     len: usize,
 }
+
+/// Emptied buckets kept for reuse.
+const SPARE_BUCKETS: usize = 8;
+/// A bucket that grew past this many keys is not kept for reuse (its
+/// buffers would pin the memory of one unusually busy time).
+const SPARE_BUCKET_KEYS: usize = 1 << 16;
+/// `Bucket::spans` length of a deleted key.
+const DELETED: u32 = u32::MAX;
 
 /// The keys of the timers of one time, in registration order, with an
 /// index for deduplication and deletion.
 #[derive(Debug, Default)]
 struct Bucket {
-    keys: Vec<Box<[u8]>>,
+    bytes: Vec<u8>,
+    /// (start in `bytes`, length) of each registered key, in registration
+    /// order; a deleted key's length is [`DELETED`] until the next
+    /// compaction.
+    spans: Vec<(u32, u32)>,
+    /// Positions in `spans` of the live keys, by key hash.
     index: hashbrown::HashTable<u32>,
+    /// Keys before this position have been popped.
+    head: usize,
+    /// Deleted keys at or after `head`.
+    deleted: usize,
 }
 
 fn key_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
 
+fn span_key<'a>(bytes: &'a [u8], spans: &[(u32, u32)], at: u32) -> &'a [u8] {
+    let (start, len) = spans[at as usize];
+    &bytes[start as usize..start as usize + len as usize]
+}
+
 impl Bucket {
+    fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+        self.index.clear();
+        self.head = 0;
+        self.deleted = 0;
+    }
+
     fn insert(&mut self, key: &[u8]) -> bool {
-        let keys = &self.keys;
+        let Bucket {
+            bytes,
+            spans,
+            index,
+            ..
+        } = self;
         let hash = key_hash(key);
-        if self
-            .index
-            .find(hash, |&i| &*keys[i as usize] == key)
+        if index
+            .find(hash, |&i| span_key(bytes, spans, i) == key)
             .is_some()
         {
             return false;
         }
-        let at = self.keys.len() as u32;
-        self.keys.push(key.into());
-        let keys = &self.keys;
-        self.index
-            .insert_unique(hash, at, |&i| key_hash(&keys[i as usize]));
+        let at = spans.len() as u32;
+        spans.push((bytes.len() as u32, key.len() as u32));
+        bytes.extend_from_slice(key);
+        index.insert_unique(hash, at, |&i| key_hash(span_key(bytes, spans, i)));
         true
     }
 
     fn remove(&mut self, key: &[u8]) -> bool {
-        let keys = &self.keys;
-        let Ok(found) = self
-            .index
-            .find_entry(key_hash(key), |&i| &*keys[i as usize] == key)
+        let Bucket {
+            bytes,
+            spans,
+            index,
+            ..
+        } = self;
+        let Ok(found) = index.find_entry(key_hash(key), |&i| span_key(bytes, spans, i) == key)
         else {
             return false;
         };
         let (at, _) = found.remove();
-        let last = self.keys.len() as u32 - 1;
-        if at != last {
-            // The last key moves into the hole: re-point its index entry.
-            let moved = key_hash(&self.keys[last as usize]);
-            if let Some(slot) = self.index.find_mut(moved, |&i| i == last) {
-                *slot = at;
-            }
+        spans[at as usize].1 = DELETED;
+        self.deleted += 1;
+        if self.deleted > 64 && self.deleted > self.index.len() {
+            self.compact();
         }
-        self.keys.swap_remove(at as usize);
         true
     }
 
-    fn reindex(&mut self) {
-        self.index.clear();
-        for (i, key) in self.keys.iter().enumerate() {
-            let keys = &self.keys;
-            self.index
-                .insert_unique(key_hash(key), i as u32, |&j| key_hash(&keys[j as usize]));
+    /// Drops popped and deleted keys from the buffers (amortised: only once
+    /// they outnumber the live ones).
+    fn compact(&mut self) {
+        let mut bytes = Vec::with_capacity(self.bytes.len());
+        let mut spans = Vec::with_capacity(self.index.len());
+        for &(start, len) in &self.spans[self.head..] {
+            if len != DELETED {
+                spans.push((bytes.len() as u32, len));
+                bytes.extend_from_slice(&self.bytes[start as usize..(start + len) as usize]);
+            }
         }
+        self.index.clear();
+        for i in 0..spans.len() as u32 {
+            self.index
+                .insert_unique(key_hash(span_key(&bytes, &spans, i)), i, |&j| {
+                    key_hash(span_key(&bytes, &spans, j))
+                });
+        }
+        self.bytes = bytes;
+        self.spans = spans;
+        self.head = 0;
+        self.deleted = 0;
+    }
+
+    /// Moves up to `max` keys, oldest first, into `out` as timers of `time`.
+    fn pop_into(&mut self, time: i64, max: usize, out: &mut DueTimers) {
+        let mut taken = 0;
+        while taken < max && self.head < self.spans.len() {
+            let at = self.head;
+            self.head += 1;
+            let (start, len) = self.spans[at];
+            if len == DELETED {
+                self.deleted -= 1;
+                continue;
+            }
+            let key = &self.bytes[start as usize..(start + len) as usize];
+            let entry = self
+                .index
+                .find_entry(key_hash(key), |&i| i as usize == at)
+                .expect("a live key is indexed");
+            entry.remove();
+            out.push(time, key);
+            taken += 1;
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans[self.head..]
+            .iter()
+            .filter(|(_, len)| *len != DELETED)
+            .map(|&(start, len)| &self.bytes[start as usize..(start + len) as usize])
+    }
+}
+
+/// Timers taken by [`TimerService::pop_due`], in firing order; the keys sit
+/// back to back in one buffer that is reused from call to call.
+#[derive(Debug, Default)]
+pub struct DueTimers {
+    bytes: Vec<u8>,
+    /// (time, start in `bytes`, length).
+    timers: Vec<(i64, u32, u32)>,
+}
+
+impl DueTimers {
+    fn push(&mut self, time: i64, key: &[u8]) {
+        self.timers
+            .push((time, self.bytes.len() as u32, key.len() as u32));
+        self.bytes.extend_from_slice(key);
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.timers.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
+
+    /// (time, key) of each timer, in firing order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (i64, &[u8])> + Clone {
+        self.timers.iter().map(|&(time, start, len)| {
+            (
+                time,
+                &self.bytes[start as usize..start as usize + len as usize],
+            )
+        })
     }
 }
 
@@ -247,33 +370,48 @@ fn flatten(
     map: &BTreeMap<i64, Bucket>,
 ) -> impl Iterator<Item = (TimeDomain, i64, &[u8])> {
     map.iter()
-        .flat_map(move |(t, b)| b.keys.iter().map(move |k| (domain, *t, &k[..])))
+        .flat_map(move |(t, b)| b.live().map(move |k| (domain, *t, k)))
 }
 
 impl TimerService {
-    fn map(&mut self, domain: TimeDomain) -> &mut BTreeMap<i64, Bucket> {
-        match domain {
+    /// The domain's buckets, and the spare ones.
+    fn buckets(&mut self, domain: TimeDomain) -> (&mut BTreeMap<i64, Bucket>, &mut Vec<Bucket>) {
+        let map = match domain {
             TimeDomain::EventTime => &mut self.event,
             TimeDomain::ProcessingTime => &mut self.processing,
+        };
+        (map, &mut self.spare)
+    }
+
+    /// Keeps an emptied bucket's buffers for a later time.
+    fn recycle(spare: &mut Vec<Bucket>, mut bucket: Bucket) {
+        if spare.len() < SPARE_BUCKETS && bucket.spans.capacity() <= SPARE_BUCKET_KEYS {
+            bucket.clear();
+            spare.push(bucket);
         }
     }
 
     /// Returns whether the timer is new.
     pub fn register(&mut self, domain: TimeDomain, time: i64, key: &[u8]) -> bool {
-        let new = self.map(domain).entry(time).or_default().insert(key);
+        let (map, spare) = self.buckets(domain);
+        let new = map
+            .entry(time)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .insert(key);
         self.len += usize::from(new);
         new
     }
 
     /// Returns whether there was such a timer.
     pub fn delete(&mut self, domain: TimeDomain, time: i64, key: &[u8]) -> bool {
-        let map = self.map(domain);
+        let (map, spare) = self.buckets(domain);
         let Some(bucket) = map.get_mut(&time) else {
             return false;
         };
         let removed = bucket.remove(key);
-        if bucket.keys.is_empty() {
-            map.remove(&time);
+        if bucket.is_empty() {
+            let bucket = map.remove(&time).expect("found above");
+            Self::recycle(spare, bucket);
         }
         self.len -= usize::from(removed);
         removed
@@ -287,11 +425,12 @@ impl TimerService {
         self.len == 0
     }
 
-    /// Removes and returns, in time order, up to `max` timers due at `now`.
-    pub fn pop_due(&mut self, domain: TimeDomain, now: i64, max: usize) -> Vec<(i64, Box<[u8]>)> {
-        let map = self.map(domain);
-        let mut due = Vec::new();
-        while due.len() < max {
+    /// Replaces `out` with up to `max` timers due at `now`, removed from
+    /// the service, in time order.
+    pub fn pop_due(&mut self, domain: TimeDomain, now: i64, max: usize, out: &mut DueTimers) {
+        out.clear();
+        let (map, spare) = self.buckets(domain);
+        while out.len() < max {
             let Some(mut first) = map.first_entry() else {
                 break;
             };
@@ -299,20 +438,12 @@ impl TimerService {
             if time > now {
                 break;
             }
-            let room = max - due.len();
-            let bucket = first.get_mut();
-            if bucket.keys.len() <= room {
-                let bucket = first.remove();
-                due.extend(bucket.keys.into_iter().map(|k| (time, k)));
-            } else {
-                let rest = bucket.keys.split_off(room);
-                let taken = std::mem::replace(&mut bucket.keys, rest);
-                bucket.reindex();
-                due.extend(taken.into_iter().map(|k| (time, k)));
+            first.get_mut().pop_into(time, max - out.len(), out);
+            if first.get().is_empty() {
+                Self::recycle(spare, first.remove());
             }
         }
-        self.len -= due.len();
-        due
+        self.len -= out.len();
     }
 
     /// Every registered timer, event time first, each in time order.
@@ -353,13 +484,16 @@ mod tests {
         assert!(t.register(TimeDomain::ProcessingTime, 1, b"p"));
         assert_eq!(t.len(), 4);
         // Two at a time: a bucket split keeps the rest findable.
-        let first = t.pop_due(e, 10, 2);
-        assert_eq!(first, vec![(5, b"c"[..].into()), (10, b"d"[..].into())]);
+        let mut due = DueTimers::default();
+        t.pop_due(e, 10, 2, &mut due);
+        let first: Vec<_> = due.iter().collect();
+        assert_eq!(first, vec![(5, &b"c"[..]), (10, &b"a"[..])]);
         assert!(
-            t.delete(e, 10, b"a"),
+            t.delete(e, 10, b"d"),
             "the rest of a split bucket is indexed"
         );
-        assert!(t.pop_due(e, 10, 2).is_empty());
+        t.pop_due(e, 10, 2, &mut due);
+        assert!(due.is_empty());
         assert_eq!(t.len(), 1);
         assert_eq!(t.next_processing_time(), Some(1));
     }
@@ -405,10 +539,46 @@ mod tests {
         t.register(TimeDomain::EventTime, 10, b"a");
         t.register(TimeDomain::EventTime, 30, b"c");
         t.delete(TimeDomain::EventTime, 30, b"c");
-        let due = t.pop_due(TimeDomain::EventTime, 25, 100);
+        let mut due = DueTimers::default();
+        t.pop_due(TimeDomain::EventTime, 25, 100, &mut due);
         assert_eq!(due.len(), 2);
-        assert_eq!(due[0].0, 10);
+        assert_eq!(due.iter().next(), Some((10, &b"a"[..])));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn many_deletions_keep_the_survivors_in_order_and_reused_buckets_start_empty() {
+        let mut t = TimerService::default();
+        let e = TimeDomain::EventTime;
+        for round in 0..3i64 {
+            let time = 100 * round;
+            for k in 0..1000u32 {
+                assert!(t.register(e, time, &k.to_le_bytes()));
+            }
+            // Enough deletions to compact the bucket more than once.
+            for k in (0..1000u32).filter(|k| k % 10 != 0) {
+                assert!(t.delete(e, time, &k.to_le_bytes()));
+                assert!(!t.delete(e, time, &k.to_le_bytes()));
+            }
+            assert!(!t.register(e, time, &0u32.to_le_bytes()), "still there");
+            assert_eq!(t.len(), 100);
+            let mut due = DueTimers::default();
+            let mut fired = Vec::new();
+            loop {
+                t.pop_due(e, time, 7, &mut due);
+                if due.is_empty() {
+                    break;
+                }
+                fired.extend(due.iter().map(|(at, key)| {
+                    assert_eq!(at, time);
+                    u32::from_le_bytes(key.try_into().unwrap())
+                }));
+            }
+            let expected: Vec<u32> = (0..1000).step_by(10).collect();
+            assert_eq!(fired, expected, "registration order, round {round}");
+            assert!(t.is_empty());
+            assert_eq!(t.iter().count(), 0);
+        }
     }
 
     #[test]

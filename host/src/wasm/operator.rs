@@ -32,7 +32,7 @@ use crate::runtime::operator::{
 use crate::state::memory::MemoryBackend;
 use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry, restore_entry};
 use crate::state::{StateBackend, StateId, StateKind, ValueHandle};
-use crate::time::{TimeDomain, now_millis};
+use crate::time::{DueTimers, TimeDomain, now_millis};
 
 /// Output buffers larger than this fail the batch: a guest cannot make the
 /// host copy unbounded data.
@@ -337,6 +337,8 @@ pub struct WasmOperator {
     input: Vec<u8>,
     /// Slot of each entry of the batch being encoded.
     entry_slots: Vec<u32>,
+    /// Timers being fired, reused from call to call.
+    due_timers: DueTimers,
     /// Distinct keys without a stored value in the batch being encoded:
     /// slot indices, hashed by key.
     dedup: HashTable<u32>,
@@ -664,17 +666,29 @@ impl WasmOperator {
         now: i64,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
+        let mut due = std::mem::take(&mut self.due_timers);
+        let r = self.fire_due_timers(domain, now, &mut due, out);
+        self.due_timers = due;
+        r
+    }
+
+    fn fire_due_timers(
+        &mut self,
+        domain: TimeDomain,
+        now: i64,
+        due: &mut DueTimers,
+        out: &mut Output,
+    ) -> Result<(), OperatorError> {
         loop {
-            let due = self
-                .store
+            self.store
                 .data_mut()
                 .call
                 .timers
-                .pop_due(domain, now, TIMER_BATCH);
+                .pop_due(domain, now, TIMER_BATCH, due);
             if due.is_empty() {
                 return Ok(());
             }
-            self.assign_slots(due.iter().map(|(_, k)| (&k[..], NO_KEY_GROUP)))?;
+            self.assign_slots(due.iter().map(|(_, k)| (k, NO_KEY_GROUP)))?;
             let abi_domain = match domain {
                 TimeDomain::EventTime => Domain::EventTime,
                 TimeDomain::ProcessingTime => Domain::ProcessingTime,
@@ -682,7 +696,7 @@ impl WasmOperator {
             let slots = std::mem::take(&mut self.entry_slots);
             let mut w = self.begin_input(BatchKind::Timers)?;
             for ((time, _), slot) in due.iter().zip(&slots) {
-                w.timer(*slot, *time, abi_domain);
+                w.timer(*slot, time, abi_domain);
             }
             w.finish();
             self.entry_slots = slots;
@@ -911,6 +925,7 @@ impl WasmOperator {
             side_outputs: declared.side_outputs,
             input: Vec::new(),
             entry_slots: Vec::new(),
+            due_timers: DueTimers::default(),
             dedup: HashTable::new(),
             handle_slots: HandleSlots::default(),
             slot_handles: Vec::new(),

@@ -33,7 +33,7 @@ use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
 use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry};
 use crate::state::{StateId, StateKind};
-use crate::time::{TimeDomain, TimerService};
+use crate::time::{DueTimers, TimeDomain, TimerService};
 use crate::wasm::{WasmOperator, WindowBatch};
 
 /// Window timers fired per guest call.
@@ -114,6 +114,7 @@ pub struct WindowOperator {
     acc_state: StateId,
     sessions_state: StateId,
     timers: TimerService,
+    due: DueTimers,
     watermark: i64,
     /// The guest's side outputs, then the late output.
     side_outputs: Vec<String>,
@@ -165,6 +166,7 @@ impl WindowOperator {
             acc_state,
             sessions_state,
             timers: TimerService::default(),
+            due: DueTimers::default(),
             watermark: i64::MIN,
             side_outputs,
             late_records,
@@ -180,40 +182,40 @@ impl WindowOperator {
         end.saturating_sub(1).saturating_add(self.lateness)
     }
 
-    fn timer_key(&mut self, key: &[u8], window: Span) -> Box<[u8]> {
+    /// Leaves the (key, window) slot key, which timers name, in `scratch`.
+    fn timer_key(&mut self, key: &[u8], window: Span) {
         self.scratch.clear();
         weir_abi::window_slot_key(&mut self.scratch, key, window.0, window.1);
-        self.scratch.as_slice().into()
     }
 
     /// Fires the window now if the watermark has passed its end (a late but
     /// allowed update), else schedules its firing; schedules its cleanup.
     fn schedule(&mut self, key: &[u8], window: Span, group: u32) {
         let fire_at = window.1.saturating_sub(1);
-        let timer_key = self.timer_key(key, window);
+        self.timer_key(key, window);
         if fire_at <= self.watermark {
             self.batch.fire(key, window, group);
         } else {
             self.timers
-                .register(TimeDomain::EventTime, fire_at, &timer_key);
+                .register(TimeDomain::EventTime, fire_at, &self.scratch);
         }
         if self.lateness > 0 {
             let cleanup = self.cleanup_time(window);
             self.timers
-                .register(TimeDomain::EventTime, cleanup, &timer_key);
+                .register(TimeDomain::EventTime, cleanup, &self.scratch);
         }
     }
 
     fn unschedule(&mut self, key: &[u8], window: Span) {
-        let timer_key = self.timer_key(key, window);
+        self.timer_key(key, window);
         self.timers.delete(
             TimeDomain::EventTime,
             window.1.saturating_sub(1),
-            &timer_key,
+            &self.scratch,
         );
         let cleanup = self.cleanup_time(window);
         self.timers
-            .delete(TimeDomain::EventTime, cleanup, &timer_key);
+            .delete(TimeDomain::EventTime, cleanup, &self.scratch);
     }
 
     fn load_sessions(&mut self, key: &[u8], group: u32) -> Result<(), OperatorError> {
@@ -362,16 +364,15 @@ impl Operator for WindowOperator {
         self.watermark = watermark;
         self.inner.set_watermark(watermark);
         loop {
-            let due = self
-                .timers
-                .pop_due(TimeDomain::EventTime, watermark, FIRE_BATCH);
-            if due.is_empty() {
+            self.timers
+                .pop_due(TimeDomain::EventTime, watermark, FIRE_BATCH, &mut self.due);
+            if self.due.is_empty() {
                 return Ok(());
             }
             self.batch.clear();
-            for (time, slot_key) in due {
+            for (time, slot_key) in self.due.iter() {
                 let (key, start, end) =
-                    weir_abi::split_window_slot_key(&slot_key).expect("built by us");
+                    weir_abi::split_window_slot_key(slot_key).expect("built by us");
                 let window = (start, end);
                 let group = key_group(key, self.info.max_parallelism);
                 let fire_at = end.saturating_sub(1);
@@ -385,7 +386,7 @@ impl Operator for WindowOperator {
                     self.batch.fire(key, window, group);
                 }
                 if cleanup {
-                    self.purge.push((slot_key, window));
+                    self.purge.push((slot_key.into(), window));
                 }
             }
             let batch = std::mem::take(&mut self.batch);
