@@ -297,6 +297,16 @@ impl Bucket {
 
     /// Moves up to `max` keys, oldest first, into `out` as timers of `time`.
     fn pop_into(&mut self, time: i64, max: usize, out: &mut DueTimers) {
+        if self.index.len() <= max {
+            // All of them: the index goes as a whole, not key by key.
+            for &(start, len) in &self.spans[self.head..] {
+                if len != DELETED {
+                    out.push(time, &self.bytes[start as usize..(start + len) as usize]);
+                }
+            }
+            self.clear();
+            return;
+        }
         let mut taken = 0;
         while taken < max && self.head < self.spans.len() {
             let at = self.head;
