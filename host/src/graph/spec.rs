@@ -906,12 +906,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 250ms, 5s, 2m or 1h"))?;
+        .map_err(|_| format!("`{text}` is not a duration like 250ms, 5s, 2m, 1h or 1d"))?;
     let unit_ms: u64 = match unit.trim() {
         "" | "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         other => return Err(format!("unknown duration unit `{other}` in `{text}`")),
     };
     // Event-time arithmetic is in i64 milliseconds; a century keeps every
@@ -1563,6 +1564,11 @@ sink: {type: discard}
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            parse_duration("1d").unwrap(),
+            Duration::from_secs(24 * 3600),
+            "the README's future_horizon default"
+        );
         assert!(parse_duration("5 parsecs").is_err());
     }
 }
