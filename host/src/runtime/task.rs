@@ -139,6 +139,10 @@ pub struct AlignmentGroup {
     pub max_drift_ms: i64,
 }
 
+/// Times in a row an aligned source instance that is ahead yields its core
+/// before it sleeps between checks.
+const ALIGNMENT_YIELDS: u32 = 64;
+
 /// One source instance's place in its [`AlignmentGroup`].
 pub struct Aligned {
     pub group: Arc<AlignmentGroup>,
@@ -841,6 +845,7 @@ impl Task {
         let mut last_watermark = Instant::now();
         let mut last_record = Instant::now();
         let mut idle = false;
+        let mut held_back = 0;
         let triggers = self.link.triggers.take();
         loop {
             if self.link.cancel.load(Ordering::Relaxed) {
@@ -860,9 +865,21 @@ impl Task {
                 // flushing, firing timers and taking barriers.
                 self.fire_processing_timers()?;
                 self.flush_due()?;
-                std::thread::sleep(Duration::from_micros(200));
+                // The slowest instance usually needs only a moment (a batch
+                // or a time slice): yielding hands it the core at once,
+                // where a sleep would keep this instance's share of the
+                // input from its consumers for longer than that. An
+                // instance held back for long (a rate-limited or stalled
+                // slowest) sleeps instead of spinning.
+                if held_back < ALIGNMENT_YIELDS {
+                    held_back += 1;
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
                 continue;
             }
+            held_back = 0;
             batch.clear();
             batch.origin = Some(Instant::now());
             let poll = source.poll(&mut batch, self.batch_size)?;
