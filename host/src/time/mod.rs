@@ -185,10 +185,13 @@ pub struct TimerService {
 
 /// Emptied buckets kept for reuse.
 const SPARE_BUCKETS: usize = 8;
-/// A bucket that grew past this many keys is not kept for reuse (its
-/// buffers would pin the memory of one unusually busy time).
+/// A bucket whose buffers grew past room for this many keys, or this many
+/// key bytes, is not kept for reuse (it would pin the memory of one
+/// unusually busy time).
 const SPARE_BUCKET_KEYS: usize = 1 << 16;
-/// `Bucket::spans` length of a deleted key.
+const SPARE_BUCKET_BYTES: usize = 4 << 20;
+/// `Bucket::spans` length of a deleted key (no key is that long: a
+/// bucket's keys together stay under 4 GiB).
 const DELETED: u32 = u32::MAX;
 
 /// The keys of the timers of one time, in registration order, with an
@@ -244,7 +247,12 @@ impl Bucket {
         {
             return false;
         }
-        let at = spans.len() as u32;
+        let at = u32::try_from(spans.len()).expect("under 2^32 timers at one time");
+        // Offsets are u32, and a length of `DELETED` marks a deleted key.
+        assert!(
+            bytes.len() + key.len() < DELETED as usize,
+            "under 4 GiB of timer keys at one time"
+        );
         spans.push((bytes.len() as u32, key.len() as u32));
         bytes.extend_from_slice(key);
         index.insert_unique(hash, at, |&i| key_hash(span_key(bytes, spans, i)));
@@ -265,16 +273,18 @@ impl Bucket {
         let (at, _) = found.remove();
         spans[at as usize].1 = DELETED;
         self.deleted += 1;
-        if self.deleted > 64 && self.deleted > self.index.len() {
+        if self.deleted > 64 && self.deleted > self.index.len() && !self.index.is_empty() {
             self.compact();
         }
         true
     }
 
-    /// Drops popped and deleted keys from the buffers (amortised: only once
-    /// they outnumber the live ones).
+    /// Drops popped and deleted keys from the buffers. Called once deleted
+    /// keys outnumber the live ones, so its cost is amortised over the
+    /// deletions; popped keys go when the bucket empties.
     fn compact(&mut self) {
-        let mut bytes = Vec::with_capacity(self.bytes.len());
+        let live_bytes: usize = self.live().map(<[u8]>::len).sum();
+        let mut bytes = Vec::with_capacity(live_bytes);
         let mut spans = Vec::with_capacity(self.index.len());
         for &(start, len) in &self.spans[self.head..] {
             if len != DELETED {
@@ -395,7 +405,10 @@ impl TimerService {
 
     /// Keeps an emptied bucket's buffers for a later time.
     fn recycle(spare: &mut Vec<Bucket>, mut bucket: Bucket) {
-        if spare.len() < SPARE_BUCKETS && bucket.spans.capacity() <= SPARE_BUCKET_KEYS {
+        if spare.len() < SPARE_BUCKETS
+            && bucket.spans.capacity() <= SPARE_BUCKET_KEYS
+            && bucket.bytes.capacity() <= SPARE_BUCKET_BYTES
+        {
             bucket.clear();
             spare.push(bucket);
         }
