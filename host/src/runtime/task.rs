@@ -401,7 +401,7 @@ impl Task {
     pub fn resume_at(&mut self, watermark: i64) -> Result<(), TaskError> {
         if watermark > self.watermark {
             self.watermark = watermark;
-            self.fire_in_order(&|op, out| op.advance_watermark(watermark, out))?;
+            self.fire_in_order(&|op, out| op.advance_watermark(watermark, out), None)?;
         }
         Ok(())
     }
@@ -691,9 +691,13 @@ impl Task {
 
     /// Lets each operator in order react to time (`fire`), running what it
     /// emits through the rest of the chain before the next operator reacts.
+    /// What fires is stamped with `origin` for latency (the source time of
+    /// the batch that carried the watermark releasing it: the results were
+    /// waiting for that batch), or with now when time came on its own.
     fn fire_in_order(
         &mut self,
         fire: &dyn Fn(&mut dyn Operator, &mut Output) -> Result<(), OperatorError>,
+        origin: Option<Instant>,
     ) -> Result<(), TaskError> {
         for i in 0..self.operators.len() {
             let mut out = std::mem::take(&mut self.outputs[i]);
@@ -704,7 +708,7 @@ impl Task {
             let m = &self.operator_metrics[i];
             m.records_out.inc_by(out.main.len() as u64);
             m.bytes_out.inc_by(out.main.byte_len() as u64);
-            out.main.origin = Some(Instant::now());
+            out.main.origin = Some(origin.unwrap_or_else(Instant::now));
             self.outputs[i] = out;
             r?;
             self.route_side_outputs(i)?;
@@ -718,7 +722,13 @@ impl Task {
         Ok(())
     }
 
-    fn advance_watermark(&mut self, watermark: i64) -> Result<(), TaskError> {
+    /// `origin`: the source time of the record batch that carried the
+    /// watermark, if one did.
+    fn advance_watermark(
+        &mut self,
+        watermark: i64,
+        origin: Option<Instant>,
+    ) -> Result<(), TaskError> {
         if watermark <= self.watermark {
             return Ok(());
         }
@@ -729,7 +739,7 @@ impl Task {
                 .watermark_lag
                 .set(now_millis().saturating_sub(watermark) as f64 / 1e3);
         }
-        self.fire_in_order(&|op, out| op.advance_watermark(watermark, out))?;
+        self.fire_in_order(&|op, out| op.advance_watermark(watermark, out), origin)?;
         if let Tail::Router(router) = &mut self.tail {
             router
                 .watermark(watermark)
@@ -750,7 +760,7 @@ impl Task {
     fn fire_processing_timers(&mut self) -> Result<(), TaskError> {
         let now = now_millis();
         if self.next_processing_timer().is_some_and(|t| t <= now) {
-            self.fire_in_order(&|op, out| op.advance_processing_time(now, out))?;
+            self.fire_in_order(&|op, out| op.advance_processing_time(now, out), None)?;
         }
         Ok(())
     }
@@ -770,7 +780,7 @@ impl Task {
     /// The input ended: fire everything, pass the end on, hand the final
     /// snapshot to the coordinator, close the sinks.
     fn finish(&mut self, source: Option<SourceSnapshot>) -> Result<(), TaskError> {
-        self.advance_watermark(i64::MAX)?;
+        self.advance_watermark(i64::MAX, None)?;
         if let Tail::Router(router) = &mut self.tail {
             router
                 .broadcast(|| Event::End)
@@ -921,7 +931,7 @@ impl Task {
             if last_watermark.elapsed() >= time.interval {
                 last_watermark = Instant::now();
                 let cap = source.slowest_split_timestamp();
-                self.advance_watermark(time.watermarks.current_capped(cap))?;
+                self.advance_watermark(time.watermarks.current_capped(cap), batch.origin)?;
                 if let Some(a) = &time.alignment {
                     a.publish(self.watermark);
                 }
@@ -985,22 +995,23 @@ impl Task {
                     let r = self.run_chain(0, &batch);
                     self.head_input = 0;
                     r?;
+                    let origin = batch.origin;
                     if let Some(recycled) = &recycled {
                         recycled.give_back(batch);
                     }
                     if let Some(w) = watermark.and_then(|w| watermarks.update(input, w)) {
-                        self.advance_watermark(w)?;
+                        self.advance_watermark(w, origin)?;
                     }
                 }
                 Event::Watermark(w) => {
                     if let Some(w) = watermarks.update(input, w) {
-                        self.advance_watermark(w)?;
+                        self.advance_watermark(w, None)?;
                     }
                 }
                 Event::Idle => {
                     let was_idle = watermarks.all_idle();
                     if let Some(w) = watermarks.set_idle(input) {
-                        self.advance_watermark(w)?;
+                        self.advance_watermark(w, None)?;
                     }
                     self.metrics.idle_inputs.set(watermarks.idle_count() as i64);
                     if !was_idle && watermarks.all_idle() {
@@ -1027,7 +1038,7 @@ impl Task {
                         a.arrived[input] = true;
                     }
                     if let Some(w) = watermarks.end(input) {
-                        self.advance_watermark(w)?;
+                        self.advance_watermark(w, None)?;
                     }
                 }
             }

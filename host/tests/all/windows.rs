@@ -517,3 +517,56 @@ fn watermark_alignment_holds_a_fast_source_instance_near_the_slowest() {
         "aligned, the lead stays near the drift bound: {aligned} ms"
     );
 }
+
+/// Generator events whose every poll takes `delay` before it returns.
+struct Slow {
+    inner: Box<dyn Source>,
+    delay: Duration,
+}
+
+impl Source for Slow {
+    fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
+        std::thread::sleep(self.delay);
+        self.inner.poll(out, max)
+    }
+
+    fn positions(&self) -> Option<Vec<weir::connectors::SplitPosition>> {
+        self.inner.positions()
+    }
+}
+
+#[test]
+fn window_results_count_their_latency_from_the_source_batch_that_closed_them() {
+    // Every batch leaves the source at least `delay` after its clock
+    // started, so every result a watermark releases is at least that old
+    // at the sink; stamped when it fired, it would read microseconds.
+    let delay = Duration::from_millis(30);
+    let spec = JobSpec::parse(
+        "name: latency\nbatch: {size: 100}\n\
+         source: {type: embedded, watermark: {interval: 0ms}}\n\
+         operators: [{name: count, module: window-count, input: key, window: {type: tumbling, size: 100ms}}]\n\
+         sink: {type: discard}\n",
+    )
+    .unwrap();
+    let generator = JobSpec::parse(
+        "name: g\nsource: {type: generator, events: 2000, keys: 5}\n\
+         operators: [{name: p, native: passthrough}]\nsink: {type: discard}\n",
+    )
+    .unwrap()
+    .source;
+    let mut job_env = env();
+    job_env.embedded_source = Some(Arc::new(move |a: &weir::connectors::SourceAssignment| {
+        Box::new(Slow {
+            inner: weir::connectors::build_source(&generator, a).unwrap(),
+            delay,
+        })
+    }));
+    let report = weir::runtime::run(&spec, &job_env).expect("job runs");
+    // 20 windows of 5 keys; the last fires at the end of input.
+    assert_eq!(report.sink_records, 100);
+    let median = report.latency.quantile(0.5).expect("results were timed");
+    assert!(
+        median >= delay,
+        "window results timed from their firing, not from the source: {median:?}"
+    );
+}
