@@ -117,7 +117,9 @@ impl Metrics {
             latency_seconds: register!(HistogramVec::new(
                 HistogramOpts::new(
                     "weir_end_to_end_latency_seconds",
-                    "From a record's ingestion (or event time) to its arrival at a sink."
+                    "From a record's ingestion (or event time) to its arrival at a sink; \
+                     for a result a watermark released (a window's), from the ingestion of \
+                     the batch that carried that watermark."
                 )
                 .buckets(duration_buckets()),
                 &["job", "from"],
