@@ -518,7 +518,6 @@ struct Prepared {
 /// once), then runs the job on a runner thread.
 pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobHandle, JobError> {
     spec.validate()?;
-    let groups = plan(spec);
     let mut operator_plans = Vec::new();
     let mut modules = Vec::new();
     for (i, op) in spec.operators.iter().enumerate() {
@@ -559,8 +558,7 @@ pub fn start(spec: &JobSpec, env: &JobEnv, options: StartOptions) -> Result<JobH
             }
             (None, None) => unreachable!("validate() requires module or native"),
         };
-        let group = &groups[crate::graph::group_of(&groups, i)];
-        let keyed = group.operators.first() == Some(&i) && group.keyed();
+        let keyed = op.input == crate::graph::Partitioning::Key;
         operator_plans.push(OperatorPlan {
             name: op.name.clone(),
             kind,

@@ -857,6 +857,14 @@ impl Task {
         let mut idle = false;
         let mut held_back = 0;
         let triggers = self.link.triggers.take();
+        // A resumed task starts at its checkpoint's watermark (that of the
+        // operators chained to it); unpublished, it would be ahead of the
+        // group's initial minimum for good and never poll.
+        if let Some(a) = &time.alignment
+            && self.watermark != i64::MIN
+        {
+            a.publish(self.watermark);
+        }
         loop {
             if self.link.cancel.load(Ordering::Relaxed) {
                 return Err(self.peer_stopped(Disconnected));
