@@ -136,6 +136,25 @@ pub fn readers_of(groups: &[TaskGroup], g: usize) -> Vec<(usize, usize)> {
     out
 }
 
+/// For source group `g`: the group whose instance `k` can share a thread
+/// with the source's instance `k` (see [`crate::runtime::pair`]). That is the
+/// group's only reader, reading nothing else, at the same parallelism, above
+/// one (at one they are chained instead).
+pub fn thread_sharing_reader(groups: &[TaskGroup], g: usize) -> Option<usize> {
+    if groups[g].source.is_none() || groups[g].parallelism < 2 {
+        return None;
+    }
+    match readers_of(groups, g)[..] {
+        [(reader, _)]
+            if groups[reader].inputs.len() == 1
+                && groups[reader].parallelism == groups[g].parallelism =>
+        {
+            Some(reader)
+        }
+        _ => None,
+    }
+}
+
 /// The index of the group that runs operator `op`.
 pub fn group_of(groups: &[TaskGroup], op: usize) -> usize {
     groups
@@ -197,6 +216,35 @@ sink: {{type: discard}}
         let groups = plan(&spec(2));
         assert_eq!(groups.len(), 4);
         assert_eq!(groups[1].input(), Some(Partitioning::Key));
+    }
+
+    #[test]
+    fn a_source_shares_threads_only_with_its_single_reader_of_equal_parallelism() {
+        let spec = |operators: &str| {
+            JobSpec::parse(&format!(
+                "
+name: j
+parallelism: 2
+source: {{type: generator, events: 10}}
+operators:
+{operators}
+sink: {{type: discard}}
+"
+            ))
+            .unwrap()
+        };
+        let keyed = plan(&spec("  - {name: a, native: keyed-count, input: key}"));
+        assert_eq!(thread_sharing_reader(&keyed, 0), Some(1));
+        assert_eq!(thread_sharing_reader(&keyed, 1), None, "not a source");
+        let narrower = plan(&spec(
+            "  - {name: a, native: keyed-count, input: key, parallelism: 1}",
+        ));
+        assert_eq!(thread_sharing_reader(&narrower, 0), None);
+        let read_twice = plan(&spec(
+            "  - {name: a, native: keyed-count, input: key}\n  \
+             - {name: b, native: passthrough, input: key, from: source}",
+        ));
+        assert_eq!(thread_sharing_reader(&read_twice, 0), None);
     }
 
     #[test]

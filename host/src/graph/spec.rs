@@ -1427,6 +1427,18 @@ impl SourceSpec {
         spec
     }
 
+    /// Whether a poll returns at once, never waiting for records or for a
+    /// rate limit: such a source can share its thread with the task it
+    /// feeds without holding it up.
+    pub fn polls_without_waiting(&self) -> bool {
+        match self {
+            SourceSpec::Generator(g) => g.rate.is_none(),
+            SourceSpec::Nexmark(n) => n.rate.is_none(),
+            SourceSpec::File(_) => true,
+            SourceSpec::Embedded(_) | SourceSpec::Kafka(_) => false,
+        }
+    }
+
     /// The source's type, as written in the spec.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -114,6 +114,11 @@ pub struct JobEnv {
     /// (`JobReport::sink_digest`); it costs two hashes per record, so only
     /// benchmarks that check output by it ask for it.
     pub digest_sink_records: bool,
+    /// Whether a source instance and the instance it feeds share a thread
+    /// where the graph allows it (see [`crate::runtime::pair`]); `None`:
+    /// when the job has more tasks than the machine has cores and the
+    /// source's polls never wait.
+    pub share_source_threads: Option<bool>,
 }
 
 impl JobEnv {
@@ -123,6 +128,7 @@ impl JobEnv {
             module_dirs,
             embedded_source: None,
             digest_sink_records: false,
+            share_source_threads: None,
         }
     }
 }
@@ -486,6 +492,16 @@ impl JobHandle {
                 message: format!("the job's runner panicked: {}", panic_message(&panic)),
             })
         })
+    }
+}
+
+/// Builds a task on the thread that runs it.
+type TaskBuild = Box<dyn FnOnce() -> Result<Task, TaskError> + Send>;
+
+fn panicked(task: &str, panic: &Box<dyn std::any::Any + Send>) -> TaskError {
+    TaskError::Internal {
+        task: task.to_string(),
+        message: format!("panicked: {}", panic_message(panic)),
     }
 }
 
@@ -961,9 +977,29 @@ fn run_once(
         .map_err(setup)?;
     all_sinks.extend(dead_letter_sink.clone());
     let task_count: u32 = groups.iter().map(|g| g.parallelism).sum();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // Per source group: the group whose instances share its instances'
+    // threads (see `runtime::pair`).
+    let thread_sharing: BTreeMap<usize, usize> = (0..groups.len())
+        .filter(|&g| {
+            env.share_source_threads.unwrap_or_else(|| {
+                task_count as usize > cores
+                    && groups[g]
+                        .source
+                        .as_ref()
+                        .and_then(|name| spec.source_named(name))
+                        .is_some_and(SourceSpec::polls_without_waiting)
+            })
+        })
+        .filter_map(|g| crate::graph::thread_sharing_reader(&groups, g).map(|r| (g, r)))
+        .collect();
+    let thread_count = task_count
+        - thread_sharing
+            .keys()
+            .map(|&g| groups[g].parallelism)
+            .sum::<u32>();
     // See `Router::send` for why this decides how a full channel is waited on.
-    let oversubscribed = task_count as usize
-        > std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let oversubscribed = thread_count as usize > cores;
 
     // Channels: one bounded channel per instance of every group with inputs;
     // the instances of a group's inputs send on it as channels 0.., input
@@ -1042,11 +1078,16 @@ fn run_once(
         }
     }
     let mut triggers = Vec::new();
-    let mut handles = Vec::new();
+    // Per task, in the coordinator's numbering: how to build it on its
+    // thread, and per group and instance, the task's index.
+    let mut builds: Vec<(String, TaskBuild)> = Vec::new();
+    let mut task_index: Vec<Vec<usize>> = Vec::new();
     let mut alignment_groups: BTreeMap<String, Arc<AlignmentGroup>> = BTreeMap::new();
     for (gi, group) in groups.iter().enumerate() {
+        task_index.push(Vec::new());
         for instance in 0..group.parallelism {
-            let index = handles.len();
+            let index = builds.len();
+            task_index[gi].push(index);
             let names: Vec<String> = group
                 .operators
                 .iter()
@@ -1171,7 +1212,6 @@ fn run_once(
             let batch_size = spec.batch.size;
             let shared = shared.clone();
             let restore = restore.clone();
-            let events = events.clone();
             let link = TaskLink {
                 index,
                 group: gi as u32,
@@ -1188,7 +1228,7 @@ fn run_once(
                 source_name: group.source.clone().unwrap_or_default(),
             };
             let thread_name = name.clone();
-            let body = move || -> Result<TaskStats, TaskError> {
+            let build = move || -> Result<Task, TaskError> {
                 let mut link = link;
                 let mut operators = Vec::new();
                 let mut sides = Vec::new();
@@ -1218,36 +1258,91 @@ fn run_once(
                 if let Some(w) = resume_watermark {
                     task.resume_at(w)?;
                 }
-                task.run()
+                Ok(task)
             };
-            let handle = std::thread::Builder::new()
-                .name(format!("weir-{thread_name}"))
-                .stack_size(8 << 20)
-                .spawn(move || {
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body))
-                        .unwrap_or_else(|panic| {
-                            Err(TaskError::Internal {
-                                task: thread_name,
-                                message: format!("panicked: {}", panic_message(&panic)),
-                            })
-                        });
-                    let _ = events.send(TaskEvent::Exited {
-                        task: index,
-                        result,
-                    });
-                })
-                .map_err(|e| {
-                    setup(JobError::Internal {
-                        job: spec.name.clone(),
-                        message: format!("cannot start a task thread: {e}"),
-                    })
-                })?;
-            handles.push(handle);
+            builds.push((thread_name, Box::new(build)));
         }
+    }
+    // The threads: one per task, but one per pair of a source instance and
+    // the instance it shares a thread with.
+    let mut builds: Vec<Option<(String, TaskBuild)>> = builds.into_iter().map(Some).collect();
+    let mut handles = Vec::new();
+    for index in 0..builds.len() {
+        let Some((name, build)) = builds[index].take() else {
+            continue;
+        };
+        let events = events.clone();
+        let report = move |task: usize, result: Result<TaskStats, TaskError>| {
+            let _ = events.send(TaskEvent::Exited { task, result });
+        };
+        let (gi, instance) = task_index
+            .iter()
+            .enumerate()
+            .find_map(|(g, indices)| indices.iter().position(|&i| i == index).map(|k| (g, k)))
+            .expect("every task has a group");
+        let partner = thread_sharing.get(&gi).map(|&reader| {
+            let partner = task_index[reader][instance];
+            let (_, build) = builds[partner].take().expect("a reader pairs once");
+            (partner, build)
+        });
+        let thread_name = match &partner {
+            Some(_) => format!("{name}+"),
+            None => name.clone(),
+        };
+        let run = move || match partner {
+            None => {
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build()?.run()))
+                        .unwrap_or_else(|panic| Err(panicked(&name, &panic)));
+                report(index, result);
+            }
+            Some((partner, build_reader)) => {
+                let mut reported = [false, false];
+                let mut exited = |task: usize, result| {
+                    reported[usize::from(task == partner)] = true;
+                    report(task, result);
+                };
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let source = build()?;
+                    let reader = build_reader()?;
+                    crate::runtime::pair::run_pair(source, reader, &mut exited);
+                    Ok(())
+                }));
+                let failure = match run {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(panic) => Some(panicked(&name, &panic)),
+                };
+                if let Some(e) = failure {
+                    // The first unreported task carries the cause; the
+                    // other one stopped because of it.
+                    let mut cause = Some(e);
+                    for (task, done) in [(index, reported[0]), (partner, reported[1])] {
+                        if !done {
+                            let e = cause
+                                .take()
+                                .unwrap_or_else(|| TaskError::PeerStopped { task: name.clone() });
+                            report(task, Err(e));
+                        }
+                    }
+                }
+            }
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("weir-{thread_name}"))
+            .stack_size(8 << 20)
+            .spawn(run)
+            .map_err(|e| {
+                setup(JobError::Internal {
+                    job: spec.name.clone(),
+                    message: format!("cannot start a task thread: {e}"),
+                })
+            })?;
+        handles.push(handle);
     }
     drop(senders);
     drop(finals);
-    let tasks = handles.len();
+    let tasks = builds.len();
 
     let checkpoint_spec = spec.checkpoint.clone();
     let mut coordinator = Coordinator::new(

@@ -22,6 +22,7 @@ pub mod batch;
 pub mod job;
 pub mod latency;
 pub mod operator;
+pub mod pair;
 pub mod router;
 pub mod task;
 

@@ -15,6 +15,11 @@
 //! operator holds every record since its last watermark, and at a watermark
 //! every 20 ms its state outgrew the caches.
 //!
+//! A router that shares its thread with a receiver of its own
+//! ([`Router::defer_when_full`]) must never wait for a full channel, as the
+//! thread that would drain it may be its own: it queues what does not fit,
+//! per target and in order, and sends it first once there is room.
+//!
 //! Batches travel back: a receiver hands each records batch it is done with,
 //! emptied, to the senders feeding it ([`Recycled`]), and a sender starts its
 //! next batch in one of those before allocating. A fresh allocation per batch
@@ -22,6 +27,7 @@
 //! touched and the allocator had to pass between threads: recycling took 15%
 //! of the CPU time of a keyed job.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -103,6 +109,8 @@ pub struct Router {
     batch_size: usize,
     linger: Duration,
     max_parallelism: u32,
+    /// Per key group, the target that owns it (a keyed router).
+    target_of_group: Vec<u16>,
     round_robin: usize,
     /// The latest watermark issued, and per target the latest one sent.
     watermark: i64,
@@ -112,6 +120,12 @@ pub struct Router {
     /// Block on a full channel instead of polling it (when the job has more
     /// task threads than the machine has cores).
     pub block_when_full: bool,
+    /// Queue what a full channel does not take instead of waiting.
+    defer_when_full: bool,
+    /// Per target: events waiting for room, oldest first.
+    deferred: Vec<VecDeque<Envelope>>,
+    /// Since when something has been waiting in `deferred`.
+    deferred_since: Option<Instant>,
 }
 
 impl Router {
@@ -127,6 +141,15 @@ impl Router {
         max_parallelism: u32,
     ) -> Self {
         let sent_watermarks = vec![i64::MIN; targets.len()];
+        let target_of_group = match mode {
+            Partitioning::Key => (0..max_parallelism)
+                .map(|g| {
+                    let t = instance_for_key_group(g, max_parallelism, targets.len() as u32);
+                    u16::try_from(t).expect("parallelism is at most 32768")
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let buffers = (0..targets.len())
             .map(|_| RecordBatch::with_capacity(batch_size, batch_size * 32))
             .collect();
@@ -141,11 +164,73 @@ impl Router {
             batch_size,
             linger,
             max_parallelism,
+            target_of_group,
             round_robin: from as usize,
             watermark: i64::MIN,
             sent_watermarks,
             blocked: Duration::ZERO,
             block_when_full: false,
+            defer_when_full: false,
+            deferred: Vec::new(),
+            deferred_since: None,
+        }
+    }
+
+    /// From now on, queue what a full channel does not take (`true`), or
+    /// wait for room again (`false`, after sending what is queued).
+    pub fn defer_when_full(&mut self, defer: bool) -> Result<(), Disconnected> {
+        self.defer_when_full = defer;
+        if defer {
+            self.deferred.resize_with(self.targets.len(), VecDeque::new);
+            return Ok(());
+        }
+        for t in 0..self.deferred.len() {
+            while let Some(envelope) = self.deferred[t].pop_front() {
+                self.send_envelope(t, envelope)?;
+            }
+        }
+        self.note_deferral_over();
+        Ok(())
+    }
+
+    /// Sends what was queued, as far as there is room; whether all went.
+    pub fn send_deferred(&mut self) -> Result<bool, Disconnected> {
+        if self.deferred_since.is_none() {
+            return Ok(true);
+        }
+        let mut all = true;
+        for (queue, target) in self.deferred.iter_mut().zip(&self.targets) {
+            while let Some(envelope) = queue.pop_front() {
+                match target.try_send(envelope) {
+                    Ok(()) => {}
+                    Err(crossbeam_channel::TrySendError::Full(back)) => {
+                        queue.push_front(back);
+                        all = false;
+                        break;
+                    }
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                        return Err(Disconnected);
+                    }
+                }
+            }
+        }
+        if all {
+            self.note_deferral_over();
+        }
+        Ok(all)
+    }
+
+    /// A channel that has events queued for it, if any.
+    pub fn deferred_target(&self) -> Option<&Sender<Envelope>> {
+        self.deferred
+            .iter()
+            .position(|q| !q.is_empty())
+            .map(|t| &self.targets[t])
+    }
+
+    fn note_deferral_over(&mut self) {
+        if let Some(since) = self.deferred_since.take() {
+            self.blocked += since.elapsed();
         }
     }
 
@@ -160,12 +245,29 @@ impl Router {
             from: self.from,
             event,
         };
-        let sender = &self.targets[target];
-        let mut envelope = match sender.try_send(envelope) {
+        self.send_envelope(target, envelope)
+    }
+
+    fn send_envelope(&mut self, target: usize, envelope: Envelope) -> Result<(), Disconnected> {
+        if self.defer_when_full && !self.deferred[target].is_empty() {
+            self.deferred[target].push_back(envelope);
+            return Ok(());
+        }
+        let envelope = match self.targets[target].try_send(envelope) {
             Ok(()) => return Ok(()),
             Err(crossbeam_channel::TrySendError::Full(envelope)) => envelope,
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(Disconnected),
         };
+        if self.defer_when_full {
+            self.deferred[target].push_back(envelope);
+            self.deferred_since.get_or_insert_with(Instant::now);
+            return Ok(());
+        }
+        self.wait_and_send(target, envelope)
+    }
+
+    fn wait_and_send(&mut self, target: usize, mut envelope: Envelope) -> Result<(), Disconnected> {
+        let sender = &self.targets[target];
         // With a core to spare, polling with short sleeps instead of a
         // blocking send: a blocked sender registered in the channel makes
         // the receiver (the slow side, by definition) pay a futex wake for
@@ -236,19 +338,24 @@ impl Router {
             self.oldest = Some(Instant::now());
         }
         let n = self.targets.len();
+        if self.mode == Partitioning::Key {
+            for r in batch.iter() {
+                let group = if r.key_group == NO_KEY_GROUP {
+                    key_group(r.key, self.max_parallelism)
+                } else {
+                    r.key_group
+                };
+                let t = usize::from(self.target_of_group[group as usize]);
+                self.make_room(t)?;
+                let buffer = &mut self.buffers[t];
+                buffer.push_with_group(r.key, r.value, r.timestamp, group);
+                buffer.merge_origin(batch.origin);
+            }
+            return Ok(());
+        }
         for r in batch.iter() {
             match self.mode {
-                Partitioning::Key => {
-                    let group = if r.key_group == NO_KEY_GROUP {
-                        key_group(r.key, self.max_parallelism)
-                    } else {
-                        r.key_group
-                    };
-                    let t = instance_for_key_group(group, self.max_parallelism, n as u32) as usize;
-                    self.make_room(t)?;
-                    self.buffers[t].push_with_group(r.key, r.value, r.timestamp, group);
-                    self.buffers[t].merge_origin(batch.origin);
-                }
+                Partitioning::Key => unreachable!("handled above"),
                 Partitioning::Forward if n > 1 => {
                     // Planned only between equal parallelisms.
                     let t = self.instance as usize % n;
@@ -381,6 +488,28 @@ impl Fanout {
             r.watermark(watermark)?;
         }
         Ok(())
+    }
+
+    /// See [`Router::defer_when_full`].
+    pub fn defer_when_full(&mut self, defer: bool) -> Result<(), Disconnected> {
+        for r in &mut self.routers {
+            r.defer_when_full(defer)?;
+        }
+        Ok(())
+    }
+
+    /// Sends what was queued, as far as there is room; whether all went.
+    pub fn send_deferred(&mut self) -> Result<bool, Disconnected> {
+        let mut all = true;
+        for r in &mut self.routers {
+            all &= r.send_deferred()?;
+        }
+        Ok(all)
+    }
+
+    /// A channel that has events queued for it, if any.
+    pub fn deferred_target(&self) -> Option<&Sender<Envelope>> {
+        self.routers.iter().find_map(Router::deferred_target)
     }
 
     /// Time spent waiting for full channels, over all readers.

@@ -143,6 +143,48 @@ pub struct AlignmentGroup {
 /// before it sleeps between checks.
 const ALIGNMENT_YIELDS: u32 = 64;
 
+/// How long an aligned source instance that stays ahead waits between
+/// checks.
+pub(crate) const ALIGNMENT_SLEEP: Duration = Duration::from_micros(200);
+
+/// What one step of a task's loop came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    Worked,
+    /// Nothing to do for now: no event waiting, or a source instance too
+    /// far ahead of its slowest.
+    Waiting,
+    /// The task is done (its input ended, or it stopped at a savepoint).
+    Finished,
+}
+
+/// A source task's loop state between steps.
+pub(crate) struct SourceLoop {
+    source: Box<dyn Source>,
+    time: SourceTime,
+    batch: RecordBatch,
+    last_watermark: Instant,
+    last_record: Instant,
+    idle: bool,
+    triggers: Option<Receiver<Barrier>>,
+}
+
+/// An input task's loop state between steps.
+pub(crate) struct InputLoop {
+    pub(crate) receiver: Receiver<Envelope>,
+    recycled: Option<Recycled>,
+    watermarks: InputWatermarks,
+    /// Per channel (sending instance): which input of the first operator it
+    /// belongs to.
+    channel_inputs: Vec<u16>,
+    ended: Vec<bool>,
+    alignment: Option<Alignment>,
+    /// Events of inputs whose barrier has arrived, during alignment.
+    held: VecDeque<Envelope>,
+    /// Held events, released after the barrier, to handle before new ones.
+    replay: VecDeque<Envelope>,
+}
+
 /// One source instance's place in its [`AlignmentGroup`].
 pub struct Aligned {
     pub group: Arc<AlignmentGroup>,
@@ -582,7 +624,7 @@ impl Task {
         Ok(())
     }
 
-    fn peer_stopped(&self, _: Disconnected) -> TaskError {
+    pub(crate) fn peer_stopped(&self, _: Disconnected) -> TaskError {
         TaskError::PeerStopped {
             task: self.name.clone(),
         }
@@ -807,7 +849,28 @@ impl Task {
 
     /// Runs until every input has ended, or the first failure.
     pub fn run(mut self) -> Result<TaskStats, TaskError> {
-        let head = std::mem::replace(
+        let result = match self.take_head() {
+            Head::Source { source, time } => {
+                let s = self.source_loop(source, time);
+                self.run_source(s)
+            }
+            Head::Input {
+                receiver,
+                recycled,
+                watermarks,
+                channel_inputs,
+            } => self.run_input(Task::input_loop(
+                receiver,
+                recycled,
+                watermarks,
+                channel_inputs,
+            )),
+        };
+        self.outcome(result)
+    }
+
+    pub(crate) fn take_head(&mut self) -> Head {
+        std::mem::replace(
             &mut self.head,
             Head::Input {
                 receiver: crossbeam_channel::never(),
@@ -815,16 +878,19 @@ impl Task {
                 watermarks: InputWatermarks::new(0),
                 channel_inputs: Vec::new(),
             },
-        );
-        let result = match head {
-            Head::Source { source, time } => self.run_source(source, time),
-            Head::Input {
-                receiver,
-                recycled,
-                watermarks,
-                channel_inputs,
-            } => self.run_input(receiver, recycled, watermarks, channel_inputs),
-        };
+        )
+    }
+
+    /// The task's index in its job.
+    pub(crate) fn index(&self) -> usize {
+        self.link.index
+    }
+
+    /// What the task reports once its loop has ended.
+    pub(crate) fn outcome(
+        &mut self,
+        result: Result<(), TaskError>,
+    ) -> Result<TaskStats, TaskError> {
         let result = result.map_err(|e| match e {
             TaskError::PeerStopped { .. } => TaskError::PeerStopped {
                 task: self.name.clone(),
@@ -837,6 +903,14 @@ impl Task {
         result.map(|()| self.stats.clone())
     }
 
+    /// The router of a task that feeds another task group.
+    pub(crate) fn router(&mut self) -> Option<&mut Fanout> {
+        match &mut self.tail {
+            Tail::Router(router) => Some(router),
+            Tail::Sink(_) => None,
+        }
+    }
+
     fn broadcast_idle(&mut self) -> Result<(), TaskError> {
         if let Tail::Router(router) = &mut self.tail {
             router
@@ -846,17 +920,8 @@ impl Task {
         Ok(())
     }
 
-    fn run_source(
-        &mut self,
-        mut source: Box<dyn Source>,
-        mut time: SourceTime,
-    ) -> Result<(), TaskError> {
-        let mut batch = RecordBatch::with_capacity(self.batch_size, self.batch_size * 32);
-        let mut last_watermark = Instant::now();
-        let mut last_record = Instant::now();
-        let mut idle = false;
-        let mut held_back = 0;
-        let triggers = self.link.triggers.take();
+    /// Readies a source head for [`Task::source_step`].
+    pub(crate) fn source_loop(&mut self, source: Box<dyn Source>, time: SourceTime) -> SourceLoop {
         // A resumed task starts at its checkpoint's watermark (that of the
         // operators chained to it); unpublished, it would be ahead of the
         // group's initial minimum for good and never poll.
@@ -865,212 +930,262 @@ impl Task {
         {
             a.publish(self.watermark);
         }
+        SourceLoop {
+            source,
+            time,
+            batch: RecordBatch::with_capacity(self.batch_size, self.batch_size * 32),
+            last_watermark: Instant::now(),
+            last_record: Instant::now(),
+            idle: false,
+            triggers: self.link.triggers.take(),
+        }
+    }
+
+    pub(crate) fn run_source(&mut self, mut s: SourceLoop) -> Result<(), TaskError> {
+        let mut held_back = 0;
         loop {
-            if self.link.cancel.load(Ordering::Relaxed) {
-                return Err(self.peer_stopped(Disconnected));
-            }
-            if let Some(barrier) = triggers.as_ref().and_then(|t| t.try_recv().ok()) {
-                let position = self.source_snapshot(source.as_ref(), &time, true)?;
-                self.checkpoint(&barrier, position)?;
-                if barrier.stops() {
-                    return self.stop();
-                }
-            }
-            if let Some(a) = &time.alignment
-                && a.ahead(self.watermark)
-            {
-                // Ahead of the slowest instance: hold back, but keep
-                // flushing, firing timers and taking barriers.
-                self.fire_processing_timers()?;
-                self.flush_due()?;
+            match self.source_step(&mut s)? {
+                Step::Worked => held_back = 0,
                 // The slowest instance usually needs only a moment (a batch
                 // or a time slice): yielding hands it the core at once,
                 // where a sleep would keep this instance's share of the
                 // input from its consumers for longer than that. An
                 // instance held back for long (a rate-limited or stalled
                 // slowest) sleeps instead of spinning.
-                if held_back < ALIGNMENT_YIELDS {
+                Step::Waiting if held_back < ALIGNMENT_YIELDS => {
                     held_back += 1;
                     std::thread::yield_now();
-                } else {
-                    std::thread::sleep(Duration::from_micros(200));
                 }
-                continue;
+                Step::Waiting => std::thread::sleep(ALIGNMENT_SLEEP),
+                Step::Finished => return Ok(()),
             }
-            held_back = 0;
-            batch.clear();
-            batch.origin = Some(Instant::now());
-            let poll = source.poll(&mut batch, self.batch_size)?;
-            source.take_rejected(&mut self.rejected);
-            if !self.rejected.is_empty() {
-                let mut rejected = std::mem::take(&mut self.rejected);
-                self.reject("source", &mut rejected)?;
-                self.rejected = rejected;
-            }
-            let beyond = time.observe(&batch);
-            if beyond > 0 {
-                self.shared
-                    .far_future_records
-                    .fetch_add(beyond, std::sync::atomic::Ordering::Relaxed);
-                crate::metrics::metrics()
-                    .far_future_records
-                    .with_label_values(&[self.link.job.as_str()])
-                    .inc_by(beyond);
-                tracing::warn!(task = %self.name, records = beyond,
-                    "records more than the future horizon ahead of the clock do not move the watermark");
-            }
-            self.stats.records_in += batch.len() as u64;
-            self.shared
-                .records
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            if !batch.is_empty() {
-                last_record = Instant::now();
-                idle = false;
-            }
-            self.run_chain(0, &batch)?;
-            if poll == Poll::End {
-                if let Some(a) = &time.alignment {
-                    a.publish(i64::MAX);
-                }
-                let required = self.link.final_state;
-                let position = self.source_snapshot(source.as_ref(), &time, required)?;
-                return self.finish(position);
-            }
-            if last_watermark.elapsed() >= time.interval {
-                last_watermark = Instant::now();
-                let cap = source.slowest_split_timestamp();
-                self.advance_watermark(time.watermarks.current_capped(cap), batch.origin)?;
-                if let Some(a) = &time.alignment {
-                    a.publish(self.watermark);
-                }
-            }
-            if let Some(timeout) = time.idle_timeout
-                && !idle
-                && last_record.elapsed() >= timeout
-            {
-                idle = true;
-                if let Some(a) = &time.alignment {
-                    a.publish(i64::MAX);
-                }
-                self.flush_due()?;
-                self.broadcast_idle()?;
-            }
-            self.fire_processing_timers()?;
-            self.flush_due()?;
         }
     }
 
-    fn run_input(
-        &mut self,
+    /// Takes a barrier if one is due, then polls one batch and runs it
+    /// through; `Waiting` when the instance is too far ahead of the
+    /// source's slowest to poll.
+    pub(crate) fn source_step(&mut self, s: &mut SourceLoop) -> Result<Step, TaskError> {
+        if self.link.cancel.load(Ordering::Relaxed) {
+            return Err(self.peer_stopped(Disconnected));
+        }
+        if let Some(barrier) = s.triggers.as_ref().and_then(|t| t.try_recv().ok()) {
+            let position = self.source_snapshot(s.source.as_ref(), &s.time, true)?;
+            self.checkpoint(&barrier, position)?;
+            if barrier.stops() {
+                self.stop()?;
+                return Ok(Step::Finished);
+            }
+        }
+        if let Some(a) = &s.time.alignment
+            && a.ahead(self.watermark)
+        {
+            // Hold back, but keep flushing, firing timers and taking
+            // barriers.
+            self.fire_processing_timers()?;
+            self.flush_due()?;
+            return Ok(Step::Waiting);
+        }
+        let batch = &mut s.batch;
+        batch.clear();
+        batch.origin = Some(Instant::now());
+        let poll = s.source.poll(batch, self.batch_size)?;
+        s.source.take_rejected(&mut self.rejected);
+        if !self.rejected.is_empty() {
+            let mut rejected = std::mem::take(&mut self.rejected);
+            self.reject("source", &mut rejected)?;
+            self.rejected = rejected;
+        }
+        let beyond = s.time.observe(&s.batch);
+        if beyond > 0 {
+            self.shared
+                .far_future_records
+                .fetch_add(beyond, std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::metrics()
+                .far_future_records
+                .with_label_values(&[self.link.job.as_str()])
+                .inc_by(beyond);
+            tracing::warn!(task = %self.name, records = beyond,
+                "records more than the future horizon ahead of the clock do not move the watermark");
+        }
+        let batch = &s.batch;
+        self.stats.records_in += batch.len() as u64;
+        self.shared
+            .records
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if !batch.is_empty() {
+            s.last_record = Instant::now();
+            s.idle = false;
+        }
+        self.run_chain(0, batch)?;
+        if poll == Poll::End {
+            if let Some(a) = &s.time.alignment {
+                a.publish(i64::MAX);
+            }
+            let required = self.link.final_state;
+            let position = self.source_snapshot(s.source.as_ref(), &s.time, required)?;
+            self.finish(position)?;
+            return Ok(Step::Finished);
+        }
+        if s.last_watermark.elapsed() >= s.time.interval {
+            s.last_watermark = Instant::now();
+            let cap = s.source.slowest_split_timestamp();
+            self.advance_watermark(s.time.watermarks.current_capped(cap), s.batch.origin)?;
+            if let Some(a) = &s.time.alignment {
+                a.publish(self.watermark);
+            }
+        }
+        if let Some(timeout) = s.time.idle_timeout
+            && !s.idle
+            && s.last_record.elapsed() >= timeout
+        {
+            s.idle = true;
+            if let Some(a) = &s.time.alignment {
+                a.publish(i64::MAX);
+            }
+            self.flush_due()?;
+            self.broadcast_idle()?;
+        }
+        self.fire_processing_timers()?;
+        self.flush_due()?;
+        Ok(Step::Worked)
+    }
+
+    /// Readies an input head for [`Task::input_step`].
+    pub(crate) fn input_loop(
         receiver: Receiver<Envelope>,
         recycled: Option<Recycled>,
-        mut watermarks: InputWatermarks,
+        watermarks: InputWatermarks,
         channel_inputs: Vec<u16>,
-    ) -> Result<(), TaskError> {
-        let mut ended = vec![false; channel_inputs.len()];
-        let mut alignment: Option<Alignment> = None;
-        // Events of inputs whose barrier has arrived, during alignment.
-        let mut held: VecDeque<Envelope> = VecDeque::new();
-        // Held events, released after the barrier, to handle before new ones.
-        let mut replay: VecDeque<Envelope> = VecDeque::new();
-        loop {
-            let message = match replay.pop_front() {
-                Some(envelope) => Ok(envelope),
-                None => self.receive(&receiver),
-            };
-            let Envelope { from, event } = match message {
-                Ok(envelope) => envelope,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.fire_processing_timers()?;
-                    self.flush_due()?;
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(self.peer_stopped(Disconnected));
-                }
-            };
-            let input = from as usize;
-            if alignment.as_ref().is_some_and(|a| a.arrived[input]) {
-                held.push_back(Envelope { from, event });
-                continue;
-            }
-            match event {
-                Event::Records { batch, watermark } => {
-                    watermarks.activate(input);
-                    self.metrics.idle_inputs.set(watermarks.idle_count() as i64);
-                    self.stats.records_in += batch.len() as u64;
-                    self.head_input = channel_inputs[input];
-                    let r = self.run_chain(0, &batch);
-                    self.head_input = 0;
-                    r?;
-                    let origin = batch.origin;
-                    if let Some(recycled) = &recycled {
-                        recycled.give_back(batch);
-                    }
-                    if let Some(w) = watermark.and_then(|w| watermarks.update(input, w)) {
-                        self.advance_watermark(w, origin)?;
-                    }
-                }
-                Event::Watermark(w) => {
-                    if let Some(w) = watermarks.update(input, w) {
-                        self.advance_watermark(w, None)?;
-                    }
-                }
-                Event::Idle => {
-                    let was_idle = watermarks.all_idle();
-                    if let Some(w) = watermarks.set_idle(input) {
-                        self.advance_watermark(w, None)?;
-                    }
-                    self.metrics.idle_inputs.set(watermarks.idle_count() as i64);
-                    if !was_idle && watermarks.all_idle() {
-                        self.broadcast_idle()?;
-                    }
-                }
-                Event::Barrier(barrier) => {
-                    let a = alignment.get_or_insert_with(|| Alignment {
-                        barrier: barrier.clone(),
-                        arrived: ended.clone(),
-                        started: Instant::now(),
-                    });
-                    if a.barrier.id != barrier.id {
-                        return Err(self.internal(format!(
-                            "barrier {} arrived while aligning barrier {}",
-                            barrier.id, a.barrier.id
-                        )));
-                    }
-                    a.arrived[input] = true;
-                }
-                Event::End => {
-                    ended[input] = true;
-                    if let Some(a) = &mut alignment {
-                        a.arrived[input] = true;
-                    }
-                    if let Some(w) = watermarks.end(input) {
-                        self.advance_watermark(w, None)?;
-                    }
-                }
-            }
-            if let Some(a) = alignment.take_if(|a| a.complete()) {
-                self.metrics
-                    .alignment
-                    .observe(a.started.elapsed().as_secs_f64());
-                self.checkpoint(&a.barrier, None)?;
-                if a.barrier.stops() {
-                    return self.stop();
-                }
-                replay.extend(held.drain(..));
-            }
-            if alignment.is_none() && ended.iter().all(|&e| e) {
-                return self.finish(None);
-            }
-            self.fire_processing_timers()?;
-            self.flush_due()?;
+    ) -> InputLoop {
+        InputLoop {
+            receiver,
+            recycled,
+            watermarks,
+            ended: vec![false; channel_inputs.len()],
+            channel_inputs,
+            alignment: None,
+            held: VecDeque::new(),
+            replay: VecDeque::new(),
         }
     }
 
-    /// The next event, waiting at most until a batch must be flushed or a
-    /// processing-time timer is due.
-    fn receive(&self, receiver: &Receiver<Envelope>) -> Result<Envelope, RecvTimeoutError> {
+    pub(crate) fn run_input(&mut self, mut input: InputLoop) -> Result<(), TaskError> {
+        while self.input_step(&mut input, true)? != Step::Finished {}
+        Ok(())
+    }
+
+    /// Handles the next event; with `wait`, waits for one (at most until a
+    /// batch must be flushed or a processing-time timer is due), else
+    /// returns `Waiting` when there is none.
+    pub(crate) fn input_step(&mut self, l: &mut InputLoop, wait: bool) -> Result<Step, TaskError> {
+        let message = match l.replay.pop_front() {
+            Some(envelope) => Ok(envelope),
+            None if wait => self.receive(&l.receiver),
+            None => l.receiver.try_recv().map_err(|e| match e {
+                crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            }),
+        };
+        let Envelope { from, event } = match message {
+            Ok(envelope) => envelope,
+            Err(RecvTimeoutError::Timeout) => {
+                self.fire_processing_timers()?;
+                self.flush_due()?;
+                return Ok(Step::Waiting);
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(self.peer_stopped(Disconnected));
+            }
+        };
+        let input = from as usize;
+        if l.alignment.as_ref().is_some_and(|a| a.arrived[input]) {
+            l.held.push_back(Envelope { from, event });
+            return Ok(Step::Worked);
+        }
+        match event {
+            Event::Records { batch, watermark } => {
+                l.watermarks.activate(input);
+                self.metrics
+                    .idle_inputs
+                    .set(l.watermarks.idle_count() as i64);
+                self.stats.records_in += batch.len() as u64;
+                self.head_input = l.channel_inputs[input];
+                let r = self.run_chain(0, &batch);
+                self.head_input = 0;
+                r?;
+                let origin = batch.origin;
+                if let Some(recycled) = &l.recycled {
+                    recycled.give_back(batch);
+                }
+                if let Some(w) = watermark.and_then(|w| l.watermarks.update(input, w)) {
+                    self.advance_watermark(w, origin)?;
+                }
+            }
+            Event::Watermark(w) => {
+                if let Some(w) = l.watermarks.update(input, w) {
+                    self.advance_watermark(w, None)?;
+                }
+            }
+            Event::Idle => {
+                let was_idle = l.watermarks.all_idle();
+                if let Some(w) = l.watermarks.set_idle(input) {
+                    self.advance_watermark(w, None)?;
+                }
+                self.metrics
+                    .idle_inputs
+                    .set(l.watermarks.idle_count() as i64);
+                if !was_idle && l.watermarks.all_idle() {
+                    self.broadcast_idle()?;
+                }
+            }
+            Event::Barrier(barrier) => {
+                let a = l.alignment.get_or_insert_with(|| Alignment {
+                    barrier: barrier.clone(),
+                    arrived: l.ended.clone(),
+                    started: Instant::now(),
+                });
+                if a.barrier.id != barrier.id {
+                    return Err(self.internal(format!(
+                        "barrier {} arrived while aligning barrier {}",
+                        barrier.id, a.barrier.id
+                    )));
+                }
+                a.arrived[input] = true;
+            }
+            Event::End => {
+                l.ended[input] = true;
+                if let Some(a) = &mut l.alignment {
+                    a.arrived[input] = true;
+                }
+                if let Some(w) = l.watermarks.end(input) {
+                    self.advance_watermark(w, None)?;
+                }
+            }
+        }
+        if let Some(a) = l.alignment.take_if(|a| a.complete()) {
+            self.metrics
+                .alignment
+                .observe(a.started.elapsed().as_secs_f64());
+            self.checkpoint(&a.barrier, None)?;
+            if a.barrier.stops() {
+                self.stop()?;
+                return Ok(Step::Finished);
+            }
+            l.replay.extend(l.held.drain(..));
+        }
+        if l.alignment.is_none() && l.ended.iter().all(|&e| e) {
+            self.finish(None)?;
+            return Ok(Step::Finished);
+        }
+        self.fire_processing_timers()?;
+        self.flush_due()?;
+        Ok(Step::Worked)
+    }
+
+    /// When the task must act even if no event comes: a batch must be
+    /// flushed or a processing-time timer is due.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         let router_deadline = match &self.tail {
             Tail::Router(r) => r.deadline(),
             Tail::Sink(_) => None,
@@ -1080,11 +1195,16 @@ impl Task {
             Instant::now() + Duration::from_millis(wait)
         });
         match (router_deadline, timer_deadline) {
-            (Some(a), Some(b)) => receiver.recv_deadline(a.min(b)),
-            (a, b) => match a.or(b) {
-                Some(d) => receiver.recv_deadline(d),
-                None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            },
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next event, waiting at most until the task's deadline.
+    fn receive(&self, receiver: &Receiver<Envelope>) -> Result<Envelope, RecvTimeoutError> {
+        match self.deadline() {
+            Some(d) => receiver.recv_deadline(d),
+            None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
         }
     }
 }

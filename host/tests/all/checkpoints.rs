@@ -50,6 +50,15 @@ impl Source for FailingOnce {
 
 #[test]
 fn a_failed_task_restarts_from_the_last_checkpoint_with_exactly_once_output() {
+    failed_task_restarts(None);
+}
+
+#[test]
+fn a_failed_source_sharing_its_readers_thread_restarts_with_exactly_once_output() {
+    failed_task_restarts(Some(true));
+}
+
+fn failed_task_restarts(share_source_threads: Option<bool>) {
     let tmp = TempDir::new("restart");
     let out = tmp.path("out");
     let (events, keys) = (120_000, 101);
@@ -72,6 +81,7 @@ fn a_failed_task_restarts_from_the_last_checkpoint_with_exactly_once_output() {
     .source;
     let failed = Arc::new(AtomicBool::new(false));
     let mut job_env = env();
+    job_env.share_source_threads = share_source_threads;
     let flag = failed.clone();
     job_env.embedded_source = Some(Arc::new(move |assignment: &SourceAssignment| {
         Box::new(FailingOnce {
@@ -370,6 +380,67 @@ fn window_spec(parallelism: u32, out: &Path, checkpoints: &Path, rate: Option<u6
         checkpoints.display()
     ))
     .unwrap()
+}
+
+#[test]
+fn sources_sharing_their_readers_threads_checkpoint_stop_and_resume_with_the_uninterrupted_result()
+{
+    let tmp = TempDir::new("shared-threads");
+    let own = tmp.path("own");
+    let own_env = weir::runtime::JobEnv {
+        share_source_threads: Some(false),
+        ..env()
+    };
+    let shared_env = weir::runtime::JobEnv {
+        share_source_threads: Some(true),
+        ..env()
+    };
+    weir::runtime::run(&window_spec(2, &own, &tmp.path("ck-own"), None), &own_env).unwrap();
+    let expected = committed_lines(&own);
+    assert!(!expected.is_empty());
+
+    let shared = tmp.path("shared");
+    let report = weir::runtime::run(
+        &window_spec(2, &shared, &tmp.path("ck-shared"), None),
+        &shared_env,
+    )
+    .unwrap();
+    assert_eq!(report.late_records, 0);
+    assert!(
+        committed_lines(&shared) == expected,
+        "shared threads change the output"
+    );
+
+    // Paced, so that checkpoints complete before a stop part way through.
+    let first = tmp.path("first");
+    let handle = weir::runtime::start(
+        &window_spec(2, &first, &tmp.path("ck-first"), Some(100_000)),
+        &shared_env,
+        StartOptions::default(),
+    )
+    .unwrap();
+    crate::support::wait_for_records(&handle, 60_000);
+    let savepoint = handle
+        .stop_with_savepoint(&tmp.path("savepoints"))
+        .expect("savepoint");
+    let report = handle.wait().unwrap();
+    assert!(report.checkpoints.completed > 0);
+    assert!(report.records_in < 200_000, "stopped before the end");
+    let resumed = weir::runtime::start(
+        &window_spec(2, &first, &tmp.path("ck-resumed"), None),
+        &shared_env,
+        StartOptions {
+            restore: RestoreFrom::Savepoint(savepoint),
+        },
+    )
+    .unwrap()
+    .wait()
+    .unwrap();
+    assert_eq!(resumed.late_records, 0);
+    assert!(
+        committed_lines(&first) == expected,
+        "resumed: output differs from the uninterrupted run"
+    );
 }
 
 #[test]
