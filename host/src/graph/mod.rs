@@ -242,7 +242,7 @@ sink: {{type: discard}}
         assert_eq!(thread_sharing_reader(&narrower, 0), None);
         let read_twice = plan(&spec(
             "  - {name: a, native: keyed-count, input: key}\n  \
-             - {name: b, native: passthrough, input: key, from: source}",
+             - {name: b, native: passthrough, input: key, from: [a, source]}",
         ));
         assert_eq!(thread_sharing_reader(&read_twice, 0), None);
     }
