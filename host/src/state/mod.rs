@@ -266,15 +266,27 @@ mod conformance {
     use super::snapshot::{KeyedSnapshot, SnapshotEntry, SnapshotError, decode, restore_entry};
     use super::*;
 
-    fn backends(key_groups: Range<u32>) -> Vec<(&'static str, Box<dyn StateBackend>)> {
+    /// A folder removed when dropped (after the backends using it).
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    type Backends = Vec<(&'static str, Box<dyn StateBackend>)>;
+
+    fn backends(key_groups: Range<u32>) -> (Scratch, Backends) {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "weir-conformance-{}-{:?}",
+            "weir-conformance-{}-{}",
             std::process::id(),
-            std::thread::current().id()
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let rocks = RocksDbShared::new(
             RocksDbConfig {
-                dir,
+                dir: dir.clone(),
                 block_cache_bytes: 4 << 20,
                 write_buffer_bytes: 256 << 10,
                 // Small enough that the tests below go through eviction.
@@ -284,13 +296,14 @@ mod conformance {
             },
             "conformance",
         );
-        vec![
+        let backends: Backends = vec![
             ("memory", Box::new(MemoryBackend::new(key_groups.clone()))),
             (
                 "rocksdb",
                 Box::new(rocks.open("op", 0, key_groups).expect("opens")),
             ),
-        ]
+        ];
+        (Scratch(dir), backends)
     }
 
     fn all_entries(b: &mut dyn StateBackend) -> Vec<String> {
@@ -306,7 +319,8 @@ mod conformance {
 
     #[test]
     fn value_map_and_list_state_behave_alike() {
-        for (name, mut b) in backends(4..8) {
+        let (_scratch, all) = backends(4..8);
+        for (name, mut b) in all {
             let b = b.as_mut();
             let v = b.register("v", StateKind::Value).unwrap();
             let m = b.register("m", StateKind::Map).unwrap();
@@ -369,7 +383,8 @@ mod conformance {
 
     #[test]
     fn handles_find_read_write_and_remove_alike() {
-        for (name, mut b) in backends(0..4) {
+        let (_scratch, all) = backends(0..4);
+        for (name, mut b) in all {
             let b = b.as_mut();
             let v = b.register("v", StateKind::Value).unwrap();
             assert_eq!(b.value_find(v, 1, b"a").unwrap(), None, "{name}");
@@ -397,7 +412,8 @@ mod conformance {
     #[test]
     fn many_keys_survive_eviction_and_snapshot_into_the_other_backend() {
         let mut snapshots = Vec::new();
-        for (name, mut b) in backends(0..8) {
+        let (_scratch, all) = backends(0..8);
+        for (name, mut b) in all {
             let b = b.as_mut();
             let v = b.register("count", StateKind::Value).unwrap();
             let l = b.register("items", StateKind::List).unwrap();
@@ -437,7 +453,8 @@ mod conformance {
         );
         // Each backend's snapshot restores into the other with equal contents.
         for (i, (from, _, sections)) in snapshots.iter().enumerate() {
-            let mut target = backends(0..8).swap_remove(1 - i).1;
+            let (_target_scratch, mut all) = backends(0..8);
+            let mut target = all.swap_remove(1 - i).1;
             for (g, bytes) in sections {
                 decode::<SnapshotError>(bytes, &mut |e| {
                     match e {

@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use weir::graph::JobSpec;
 use weir::runtime::StartOptions;
 
-use crate::support::env;
+use crate::support::{TempDir, env};
 
 /// A tansu broker on a free port, stopped when dropped.
 pub struct Broker {
@@ -200,16 +200,15 @@ fn clicks(count: u64, keys: u64) -> Vec<(i32, Vec<u8>, Vec<u8>, i64)> {
         .collect()
 }
 
-/// `extra` goes into the source, `watermark` is the source's watermark section.
+/// `extra` goes into the source, `watermark` is the source's watermark
+/// section; checkpoints go below `tmp`.
 fn window_job(
     broker: &Broker,
     name: &str,
     (input, output): (&str, &str),
-    extra: &str,
-    watermark: &str,
+    (extra, watermark): (&str, &str),
+    tmp: &TempDir,
 ) -> JobSpec {
-    let tmp = std::env::temp_dir().join(format!("weir-kafka-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
     JobSpec::parse(&format!(
         "name: {name}\nparallelism: 2\n\
          source: {{type: kafka, brokers: '{b}', topic: {input}{extra},\n\
@@ -217,7 +216,7 @@ fn window_job(
          operators: [{{name: count, module: window-count, input: key, window: {{type: tumbling, size: 100ms}}}}]\n\
          sink: {{type: kafka, brokers: '{b}', topic: {output}, delivery: exactly-once}}\n\
          checkpoint: {{interval: 100ms, dir: {}}}\n",
-        tmp.display(),
+        tmp.path("checkpoints").display(),
         b = broker.address()
     ))
     .expect("valid spec")
@@ -230,12 +229,13 @@ fn a_windowed_job_reads_three_partitions_and_commits_each_result_once() {
     broker.create_topic("counts", 3);
     let input = clicks(20_000, 30);
     broker.produce("clicks", &input);
+    let tmp = TempDir::new("kafka-windows");
     let spec = window_job(
         &broker,
         "kafka-windows",
         ("clicks", "counts"),
-        ", bounded: true",
-        "",
+        (", bounded: true", ""),
+        &tmp,
     );
     let report = weir::runtime::run(&spec, &env()).expect("the job runs");
     assert_eq!(report.records_in, 20_000);
@@ -281,16 +281,17 @@ fn an_idle_partition_does_not_stall_windows() {
         .filter(|(p, ..)| *p != 2)
         .collect();
     broker.produce("sparse", &input);
+    let tmp = TempDir::new("kafka-idle");
     let spec = window_job(
         &broker,
         "kafka-idle",
         ("sparse", "sparse-counts"),
-        "",
         // Longer than a pause in delivery of a partition that still has
         // records: on tansu, pauses of over 2 s were seen mid-partition, and
         // a partition silent that long counts as idle, so its next records
         // would be late for windows the others closed meanwhile.
-        ", idle_timeout: 6s",
+        ("", ", idle_timeout: 6s"),
+        &tmp,
     );
     let handle = weir::runtime::start(&spec, &env(), StartOptions::default()).unwrap();
     // Every window but the last few closes once the idle partition is left
@@ -485,12 +486,13 @@ fn a_producer_left_by_an_earlier_run_is_fenced_when_the_job_starts_at_any_parall
     zombie.send(record).map_err(|(e, _)| e).unwrap();
     zombie.flush(Duration::from_secs(30)).unwrap();
 
+    let tmp = TempDir::new("kafka-zombie");
     let mut spec = window_job(
         &broker,
         "kafka-zombie",
         ("zombie-in", "zombie-out"),
-        ", bounded: true",
-        "",
+        (", bounded: true", ""),
+        &tmp,
     );
     spec.parallelism = 1;
     weir::runtime::run(&spec, &env()).expect("the job runs");
