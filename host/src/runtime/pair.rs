@@ -68,7 +68,10 @@ pub fn run_pair(mut source: Task, mut reader: Task, exited: Exited<'_>) {
         } => {
             let index = reader.index();
             exited(index, reader.outcome(result));
+            // Its channel closes with it: a send to it fails instead of
+            // waiting for a reader that is gone.
             drop(reader);
+            drop(l);
             let result = match source.router().map(|r| r.defer_when_full(false)) {
                 Some(Err(d)) => Err(source.peer_stopped(d)),
                 _ if source_finished => Ok(()),
@@ -146,7 +149,12 @@ fn alternate(source: &mut Task, s: &mut SourceLoop, reader: &mut Task, l: &mut I
         if worked {
             continue;
         }
-        let mut deadline = [reader.deadline(), source.deadline()]
+        // A source with events queued cannot act before they have gone (the
+        // select wakes for that); its past deadline would make this spin.
+        let source_deadline = (all_sent && !source_finished)
+            .then(|| source.deadline())
+            .flatten();
+        let mut deadline = [reader.deadline(), source_deadline]
             .into_iter()
             .flatten()
             .min();

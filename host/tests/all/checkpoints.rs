@@ -382,6 +382,30 @@ fn window_spec(parallelism: u32, out: &Path, checkpoints: &Path, rate: Option<u6
     .unwrap()
 }
 
+/// Runs the paced window job at parallelism 2 into `first` and stops it
+/// with a savepoint part way through: the output folder, the savepoint.
+fn stop_part_way(
+    tmp: &TempDir,
+    env: &weir::runtime::JobEnv,
+) -> (PathBuf, PathBuf, weir::runtime::JobReport) {
+    // Paced, so that checkpoints complete before the stop.
+    let first = tmp.path("first");
+    let handle = weir::runtime::start(
+        &window_spec(2, &first, &tmp.path("ck-first"), Some(100_000)),
+        env,
+        StartOptions::default(),
+    )
+    .unwrap();
+    crate::support::wait_for_records(&handle, 60_000);
+    let savepoint = handle
+        .stop_with_savepoint(&tmp.path("savepoints"))
+        .expect("savepoint");
+    let report = handle.wait().unwrap();
+    assert_eq!(report.stopped_with_savepoint.as_ref(), Some(&savepoint));
+    assert!(report.records_in < 200_000, "stopped before the end");
+    (first, savepoint, report)
+}
+
 #[test]
 fn sources_sharing_their_readers_threads_checkpoint_stop_and_resume_with_the_uninterrupted_result()
 {
@@ -411,21 +435,8 @@ fn sources_sharing_their_readers_threads_checkpoint_stop_and_resume_with_the_uni
         "shared threads change the output"
     );
 
-    // Paced, so that checkpoints complete before a stop part way through.
-    let first = tmp.path("first");
-    let handle = weir::runtime::start(
-        &window_spec(2, &first, &tmp.path("ck-first"), Some(100_000)),
-        &shared_env,
-        StartOptions::default(),
-    )
-    .unwrap();
-    crate::support::wait_for_records(&handle, 60_000);
-    let savepoint = handle
-        .stop_with_savepoint(&tmp.path("savepoints"))
-        .expect("savepoint");
-    let report = handle.wait().unwrap();
+    let (first, savepoint, report) = stop_part_way(&tmp, &shared_env);
     assert!(report.checkpoints.completed > 0);
-    assert!(report.records_in < 200_000, "stopped before the end");
     let resumed = weir::runtime::start(
         &window_spec(2, &first, &tmp.path("ck-resumed"), None),
         &shared_env,
@@ -456,21 +467,7 @@ fn a_savepoint_at_parallelism_2_resumes_at_3_and_at_1_with_the_uninterrupted_res
     let expected = committed_lines(&reference);
     assert!(!expected.is_empty());
 
-    // Stop with a savepoint part way through.
-    let first = tmp.path("first");
-    let handle = weir::runtime::start(
-        &window_spec(2, &first, &tmp.path("ck-first"), Some(100_000)),
-        &env(),
-        StartOptions::default(),
-    )
-    .unwrap();
-    crate::support::wait_for_records(&handle, 60_000);
-    let savepoint = handle
-        .stop_with_savepoint(&tmp.path("savepoints"))
-        .expect("savepoint");
-    let report = handle.wait().unwrap();
-    assert_eq!(report.stopped_with_savepoint.as_ref(), Some(&savepoint));
-    assert!(report.records_in < 200_000, "stopped before the end");
+    let (first, savepoint, _) = stop_part_way(&tmp, &env());
     let before = committed_lines(&first);
     assert!(before.len() < expected.len());
 

@@ -1,5 +1,7 @@
 //! The runtime under load: backpressure keeps memory bounded behind a slow
-//! sink, and a hot key neither breaks per-key results nor starves the rest.
+//! sink, a hot key neither breaks per-key results nor starves the rest, and
+//! a failing operator ends the job whether or not it shares its source's
+//! thread.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -121,6 +123,74 @@ fn a_key_with_half_the_traffic_keeps_every_key_exact() {
             got == (1..=n).collect::<Vec<_>>(),
             "key {key}: {} outputs, want counts 1..={n}",
             got.len()
+        );
+    }
+}
+
+/// `records` lines of `fine`, the one at `poison` (of instance 0) `boom`.
+struct Lines {
+    next: u64,
+    records: u64,
+    poison: Option<u64>,
+}
+
+impl weir::connectors::Source for Lines {
+    fn poll(
+        &mut self,
+        out: &mut weir::runtime::RecordBatch,
+        max: usize,
+    ) -> Result<weir::connectors::Poll, weir::connectors::ConnectorError> {
+        for _ in 0..max {
+            if self.next == self.records {
+                return Ok(weir::connectors::Poll::End);
+            }
+            let value: &[u8] = if Some(self.next) == self.poison {
+                b"boom"
+            } else {
+                b"fine"
+            };
+            out.push(&self.next.to_le_bytes(), value, self.next as i64);
+            self.next += 1;
+        }
+        Ok(weir::connectors::Poll::More)
+    }
+}
+
+#[test]
+fn a_reader_failing_while_it_shares_its_sources_thread_fails_the_job_with_the_cause() {
+    // Either way, each task of the pair reports its end (the job would wait
+    // for a missing report for good) and the cause is the reader's.
+    let spec = JobSpec::parse(
+        "name: paired-failure\nparallelism: 2\n\
+         source: {type: embedded}\n\
+         operators: [{name: boom, module: trap, input: rebalance}]\n\
+         sink: {type: discard, rate: 200000}\n",
+    )
+    .unwrap();
+    for share in [true, false] {
+        let mut env = env();
+        env.share_source_threads = Some(share);
+        env.embedded_source = Some(std::sync::Arc::new(|assignment| {
+            Box::new(Lines {
+                next: 0,
+                records: 100_000,
+                poison: (assignment.instance == 0).then_some(20_000),
+            })
+        }));
+        let (done, result) = std::sync::mpsc::channel();
+        let spec = spec.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(weir::runtime::run(&spec, &env).map(|r| r.records_in));
+        });
+        let outcome = result
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("shared threads {share}: the job hangs"));
+        let err = outcome
+            .expect_err("the poison record fails the job")
+            .to_string();
+        assert!(
+            err.contains("poison record"),
+            "shared threads {share}: {err}"
         );
     }
 }
