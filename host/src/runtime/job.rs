@@ -498,6 +498,14 @@ impl JobHandle {
 /// Builds a task on the thread that runs it.
 type TaskBuild = Box<dyn FnOnce() -> Result<Task, TaskError> + Send>;
 
+/// A task of the job not yet given a thread.
+struct PendingTask {
+    name: String,
+    group: usize,
+    instance: usize,
+    build: TaskBuild,
+}
+
 fn panicked(task: &str, panic: &Box<dyn std::any::Any + Send>) -> TaskError {
     TaskError::Internal {
         task: task.to_string(),
@@ -1080,7 +1088,7 @@ fn run_once(
     let mut triggers = Vec::new();
     // Per task, in the coordinator's numbering: how to build it on its
     // thread, and per group and instance, the task's index.
-    let mut builds: Vec<(String, TaskBuild)> = Vec::new();
+    let mut builds: Vec<PendingTask> = Vec::new();
     let mut task_index: Vec<Vec<usize>> = Vec::new();
     let mut alignment_groups: BTreeMap<String, Arc<AlignmentGroup>> = BTreeMap::new();
     for (gi, group) in groups.iter().enumerate() {
@@ -1260,30 +1268,36 @@ fn run_once(
                 }
                 Ok(task)
             };
-            builds.push((thread_name, Box::new(build)));
+            builds.push(PendingTask {
+                name: thread_name,
+                group: gi,
+                instance: instance as usize,
+                build: Box::new(build),
+            });
         }
     }
     // The threads: one per task, but one per pair of a source instance and
     // the instance it shares a thread with.
-    let mut builds: Vec<Option<(String, TaskBuild)>> = builds.into_iter().map(Some).collect();
+    let mut builds: Vec<Option<PendingTask>> = builds.into_iter().map(Some).collect();
     let mut handles = Vec::new();
     for index in 0..builds.len() {
-        let Some((name, build)) = builds[index].take() else {
+        let Some(PendingTask {
+            name,
+            group,
+            instance,
+            build,
+        }) = builds[index].take()
+        else {
             continue;
         };
         let events = events.clone();
         let report = move |task: usize, result: Result<TaskStats, TaskError>| {
             let _ = events.send(TaskEvent::Exited { task, result });
         };
-        let (gi, instance) = task_index
-            .iter()
-            .enumerate()
-            .find_map(|(g, indices)| indices.iter().position(|&i| i == index).map(|k| (g, k)))
-            .expect("every task has a group");
-        let partner = thread_sharing.get(&gi).map(|&reader| {
+        let partner = thread_sharing.get(&group).map(|&reader| {
             let partner = task_index[reader][instance];
-            let (_, build) = builds[partner].take().expect("a reader pairs once");
-            (partner, build)
+            let pending = builds[partner].take().expect("a reader pairs once");
+            (partner, pending.build)
         });
         let thread_name = match &partner {
             Some(_) => format!("{name}+"),
