@@ -496,7 +496,7 @@ impl JobHandle {
 }
 
 /// Builds a task on the thread that runs it.
-type TaskBuild = Box<dyn FnOnce() -> Result<Task, TaskError> + Send>;
+pub(crate) type TaskBuild = Box<dyn FnOnce() -> Result<Task, TaskError> + Send>;
 
 /// A task of the job not yet given a thread.
 struct PendingTask {
@@ -506,7 +506,7 @@ struct PendingTask {
     build: TaskBuild,
 }
 
-fn panicked(task: &str, panic: &Box<dyn std::any::Any + Send>) -> TaskError {
+pub(crate) fn panicked(task: &str, panic: &Box<dyn std::any::Any + Send>) -> TaskError {
     TaskError::Internal {
         task: task.to_string(),
         message: format!("panicked: {}", panic_message(panic)),
@@ -1310,37 +1310,12 @@ fn run_once(
                         .unwrap_or_else(|panic| Err(panicked(&name, &panic)));
                 report(index, result);
             }
-            Some((partner, build_reader)) => {
-                let mut reported = [false, false];
-                let mut exited = |task: usize, result| {
-                    reported[usize::from(task == partner)] = true;
-                    report(task, result);
-                };
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let source = build()?;
-                    let reader = build_reader()?;
-                    crate::runtime::pair::run_pair(source, reader, &mut exited);
-                    Ok(())
-                }));
-                let failure = match run {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e),
-                    Err(panic) => Some(panicked(&name, &panic)),
-                };
-                if let Some(e) = failure {
-                    // The first unreported task carries the cause; the
-                    // other one stopped because of it.
-                    let mut cause = Some(e);
-                    for (task, done) in [(index, reported[0]), (partner, reported[1])] {
-                        if !done {
-                            let e = cause
-                                .take()
-                                .unwrap_or_else(|| TaskError::PeerStopped { task: name.clone() });
-                            report(task, Err(e));
-                        }
-                    }
-                }
-            }
+            Some((partner, build_reader)) => crate::runtime::pair::build_and_run_pair(
+                &name,
+                (index, build),
+                (partner, build_reader),
+                &report,
+            ),
         };
         let handle = std::thread::Builder::new()
             .name(format!("weir-{thread_name}"))

@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Select;
 
+use crate::runtime::job::{TaskBuild, panicked};
 use crate::runtime::task::{Head, InputLoop, SourceLoop, Step, Task, TaskError, TaskStats};
 
 /// Events the reader handles in a row before the source polls again: enough
@@ -35,6 +36,42 @@ const READER_BURST: usize = 8;
 /// Where a paired thread reports each task's end: its index in the job and
 /// its outcome.
 pub type Exited<'a> = &'a mut dyn FnMut(usize, Result<TaskStats, TaskError>);
+
+/// Builds the source task and its reader (each: its index in the job, its
+/// build) on this thread and runs them with [`run_pair`]. Reports each
+/// task's end exactly once, also when a build fails or the pair panics: the
+/// first task not yet reported carries the cause, the other stopped with it.
+pub fn build_and_run_pair(
+    name: &str,
+    (source, build_source): (usize, TaskBuild),
+    (reader, build_reader): (usize, TaskBuild),
+    report: &dyn Fn(usize, Result<TaskStats, TaskError>),
+) {
+    let mut reported = [false, false];
+    let mut exited = |task: usize, result| {
+        reported[usize::from(task == reader)] = true;
+        report(task, result);
+    };
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let source = build_source()?;
+        let reader = build_reader()?;
+        run_pair(source, reader, &mut exited);
+        Ok(())
+    }));
+    let mut cause = match run {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => Some(e),
+        Err(panic) => Some(panicked(name, &panic)),
+    };
+    for (task, done) in [(source, reported[0]), (reader, reported[1])] {
+        if !done {
+            let e = cause.take().unwrap_or_else(|| TaskError::PeerStopped {
+                task: name.to_string(),
+            });
+            report(task, Err(e));
+        }
+    }
+}
 
 /// Runs source task `source` and the task `reader` it feeds (among others)
 /// on this thread until both have ended.

@@ -338,24 +338,19 @@ impl Router {
             self.oldest = Some(Instant::now());
         }
         let n = self.targets.len();
-        if self.mode == Partitioning::Key {
-            for r in batch.iter() {
-                let group = if r.key_group == NO_KEY_GROUP {
-                    key_group(r.key, self.max_parallelism)
-                } else {
-                    r.key_group
-                };
-                let t = usize::from(self.target_of_group[group as usize]);
-                self.make_room(t)?;
-                let buffer = &mut self.buffers[t];
-                buffer.push_with_group(r.key, r.value, r.timestamp, group);
-                buffer.merge_origin(batch.origin);
-            }
-            return Ok(());
-        }
         for r in batch.iter() {
             match self.mode {
-                Partitioning::Key => unreachable!("handled above"),
+                Partitioning::Key => {
+                    let group = if r.key_group == NO_KEY_GROUP {
+                        key_group(r.key, self.max_parallelism)
+                    } else {
+                        r.key_group
+                    };
+                    let t = usize::from(self.target_of_group[group as usize]);
+                    self.make_room(t)?;
+                    self.buffers[t].push_with_group(r.key, r.value, r.timestamp, group);
+                    self.buffers[t].merge_origin(batch.origin);
+                }
                 Partitioning::Forward if n > 1 => {
                     // Planned only between equal parallelisms.
                     let t = self.instance as usize % n;
