@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use weir::checkpoint::CheckpointStore;
@@ -20,17 +20,23 @@ use crate::support::{
 };
 
 /// Reads the generator's events, slowly enough for checkpoints to happen,
-/// and fails once (an I/O error) when the job first reaches `fail_at`.
+/// and fails once (an I/O error) when the job first reaches `fail_at`, once
+/// a checkpoint has completed: the coordinator triggers one checkpoint at a
+/// time, so a second snapshot of this source means the first completed.
 struct FailingOnce {
     inner: Box<dyn Source>,
     taken: u64,
     fail_at: u64,
     failed: Arc<AtomicBool>,
+    snapshots: AtomicU64,
 }
 
 impl Source for FailingOnce {
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
-        if self.taken >= self.fail_at && !self.failed.swap(true, Ordering::SeqCst) {
+        if self.taken >= self.fail_at
+            && self.snapshots.load(Ordering::SeqCst) >= 2
+            && !self.failed.swap(true, Ordering::SeqCst)
+        {
             return Err(ConnectorError::Io {
                 path: "flaky-disk".into(),
                 source: std::io::Error::other("injected read failure"),
@@ -38,12 +44,14 @@ impl Source for FailingOnce {
         }
         std::thread::sleep(Duration::from_micros(500));
         let before = out.len();
-        let poll = self.inner.poll(out, max)?;
+        // A pace independent of the batch size the runtime asks for.
+        let poll = self.inner.poll(out, max.min(100))?;
         self.taken += (out.len() - before) as u64;
         Ok(poll)
     }
 
     fn positions(&self) -> Option<Vec<SplitPosition>> {
+        self.snapshots.fetch_add(1, Ordering::SeqCst);
         self.inner.positions()
     }
 }
@@ -93,6 +101,7 @@ fn failed_task_restarts(share_source_threads: Option<bool>) {
                 u64::MAX
             },
             failed: flag.clone(),
+            snapshots: AtomicU64::new(0),
         }) as Box<dyn Source>
     }));
     let report = weir::runtime::run(&spec, &job_env).expect("the job recovers");
