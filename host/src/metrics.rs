@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use prometheus::{
     CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder, local::LocalHistogram,
 };
 
 pub struct Metrics {
@@ -343,13 +343,18 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// The series of one operator instance, resolved once.
-#[derive(Clone)]
+///
+/// Histograms shared by all instances are observed through a local copy
+/// that [`OperatorMetrics::flush`] merges: an observation on the shared one
+/// is several atomic updates to cache lines every instance writes, and at a
+/// few per batch that contention cost a keyed job at parallelism 2 about
+/// 1.5% of its CPU time.
 pub struct OperatorMetrics {
     pub records_in: IntCounter,
     pub records_out: IntCounter,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
-    pub batch_seconds: Histogram,
+    pub batch_seconds: LocalHistogram,
 }
 
 impl OperatorMetrics {
@@ -362,21 +367,26 @@ impl OperatorMetrics {
             records_out: m.records_out.with_label_values(&labels),
             bytes_in: m.bytes_in.with_label_values(&labels),
             bytes_out: m.bytes_out.with_label_values(&labels),
-            batch_seconds: m.batch_seconds.with_label_values(&[job, operator]),
+            batch_seconds: m.batch_seconds.with_label_values(&[job, operator]).local(),
         }
+    }
+
+    /// Merges the local observations into the shared series.
+    pub fn flush(&self) {
+        self.batch_seconds.flush();
     }
 }
 
-/// The series of one task, resolved once.
-#[derive(Clone)]
+/// The series of one task, resolved once (histograms shared by all tasks
+/// local, as in [`OperatorMetrics`]).
 pub struct TaskMetrics {
     pub watermark: prometheus::Gauge,
     pub watermark_lag: prometheus::Gauge,
     pub idle_inputs: IntGauge,
     pub backpressure: prometheus::Counter,
     pub alignment: Histogram,
-    pub latency_ingestion: Histogram,
-    pub latency_event_time: Histogram,
+    pub latency_ingestion: LocalHistogram,
+    pub latency_event_time: LocalHistogram,
 }
 
 impl TaskMetrics {
@@ -388,8 +398,20 @@ impl TaskMetrics {
             idle_inputs: m.idle_inputs.with_label_values(&[job, task]),
             backpressure: m.backpressure_seconds.with_label_values(&[job, task]),
             alignment: m.checkpoint_alignment_seconds.with_label_values(&[job]),
-            latency_ingestion: m.latency_seconds.with_label_values(&[job, "ingestion"]),
-            latency_event_time: m.latency_seconds.with_label_values(&[job, "event_time"]),
+            latency_ingestion: m
+                .latency_seconds
+                .with_label_values(&[job, "ingestion"])
+                .local(),
+            latency_event_time: m
+                .latency_seconds
+                .with_label_values(&[job, "event_time"])
+                .local(),
         }
+    }
+
+    /// Merges the local observations into the shared series.
+    pub fn flush(&self) {
+        self.latency_ingestion.flush();
+        self.latency_event_time.flush();
     }
 }

@@ -5,6 +5,14 @@
 //! and a batch is reused after it is drained. A record's key group is cached
 //! in its entry once a keyed edge has computed it, so the receiving task does
 //! not hash the key again.
+//!
+//! A batch bound for several receivers is not copied apart: each receiver
+//! gets the shared batch and the list of its rows ([`SharedRows`]), and reads
+//! them through a [`Records`] view. The batch goes back to its sender's pool
+//! when the last receiver drops it. Copying each record into a per-receiver
+//! batch was the largest cost a keyed exchange added to a job (18% of the CPU
+//! time of keyed-count at parallelism 2), most of it stores into batches the
+//! other core had last read.
 
 /// Marks an entry whose key group has not been computed.
 pub const NO_KEY_GROUP: u32 = u32::MAX;
@@ -150,6 +158,148 @@ impl RecordBatch {
     pub fn max_timestamp(&self) -> Option<i64> {
         self.entries.iter().map(|e| e.timestamp).max()
     }
+
+    /// Caches record `i`'s key group.
+    #[inline]
+    pub fn set_key_group(&mut self, i: usize, key_group: u32) {
+        self.entries[i].key_group = key_group;
+    }
+
+    /// Key and value bytes of record `i`.
+    #[inline]
+    pub fn record_bytes(&self, i: usize) -> usize {
+        let e = &self.entries[i];
+        (e.key_len + e.value_len) as usize
+    }
+}
+
+/// The records an operator or a tail is handed: a whole batch, or the listed
+/// rows of one, in the order listed.
+#[derive(Clone, Copy, Debug)]
+pub struct Records<'a> {
+    batch: &'a RecordBatch,
+    rows: Option<&'a [u32]>,
+}
+
+impl<'a> From<&'a RecordBatch> for Records<'a> {
+    fn from(batch: &'a RecordBatch) -> Self {
+        Records { batch, rows: None }
+    }
+}
+
+impl<'a> Records<'a> {
+    pub fn rows(batch: &'a RecordBatch, rows: &'a [u32]) -> Self {
+        Records {
+            batch,
+            rows: Some(rows),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self.rows {
+            Some(rows) => rows.len(),
+            None => self.batch.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`th record of the view. Always inlined: called as a function,
+    /// it cost a keyed job at parallelism 1 about 5% of its throughput.
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> RecordRef<'a> {
+        match self.rows {
+            Some(rows) => self.batch.get(rows[i] as usize),
+            None => self.batch.get(i),
+        }
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = RecordRef<'a>> + 'a {
+        let view = *self;
+        (0..view.len()).map(move |i| view.get(i))
+    }
+
+    pub fn origin(&self) -> Option<std::time::Instant> {
+        self.batch.origin
+    }
+
+    /// Key and value bytes of the records in view.
+    pub fn byte_len(&self) -> usize {
+        match self.rows {
+            Some(rows) => rows
+                .iter()
+                .map(|&i| self.batch.record_bytes(i as usize))
+                .sum(),
+            None => self.batch.byte_len(),
+        }
+    }
+
+    pub fn max_timestamp(&self) -> Option<i64> {
+        self.iter().map(|r| r.timestamp).max()
+    }
+
+    /// The whole batch, when the view is all of it.
+    pub fn whole(&self) -> Option<&'a RecordBatch> {
+        self.rows.is_none().then_some(self.batch)
+    }
+
+    /// Copies the records in view to the end of `out`.
+    pub fn copy_to(&self, out: &mut RecordBatch) {
+        for r in self.iter() {
+            out.push_with_group(r.key, r.value, r.timestamp, r.key_group);
+        }
+        out.merge_origin(self.origin());
+    }
+}
+
+/// A batch several receivers read, which returns to its sender's pool when
+/// the last of them drops it.
+#[derive(Debug)]
+pub struct PooledBatch {
+    batch: RecordBatch,
+    home: crossbeam_channel::Sender<RecordBatch>,
+}
+
+impl PooledBatch {
+    pub fn new(batch: RecordBatch, home: crossbeam_channel::Sender<RecordBatch>) -> Self {
+        PooledBatch { batch, home }
+    }
+}
+
+impl Drop for PooledBatch {
+    fn drop(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+        // A full pool means the sender holds enough already.
+        let _ = self.home.try_send(batch);
+    }
+}
+
+/// One receiver's rows of a shared batch.
+#[derive(Debug)]
+pub struct SharedRows {
+    batch: std::sync::Arc<PooledBatch>,
+    rows: Vec<u32>,
+}
+
+impl SharedRows {
+    pub fn new(batch: std::sync::Arc<PooledBatch>, rows: Vec<u32>) -> Self {
+        SharedRows { batch, rows }
+    }
+
+    pub fn records(&self) -> Records<'_> {
+        Records::rows(&self.batch.batch, &self.rows)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +318,40 @@ mod tests {
         assert_eq!(b.get(1).value, b"value2");
         assert_eq!(b.get(2).key_group, 3);
         assert_eq!(b.max_timestamp(), Some(7));
+    }
+
+    #[test]
+    fn a_view_of_rows_reads_them_in_the_order_listed() {
+        let mut b = RecordBatch::new();
+        for i in 0..5u8 {
+            b.push(&[i], &[i, i], i64::from(i));
+        }
+        let rows = [3, 0, 4];
+        let view = Records::rows(&b, &rows);
+        let keys: Vec<u8> = view.iter().map(|r| r.key[0]).collect();
+        assert_eq!(keys, vec![3, 0, 4]);
+        assert_eq!(view.byte_len(), 9);
+        assert_eq!(view.max_timestamp(), Some(4));
+        let mut copy = RecordBatch::new();
+        view.copy_to(&mut copy);
+        assert_eq!(copy.len(), 3);
+        assert_eq!(copy.get(1).value, &[0, 0]);
+    }
+
+    #[test]
+    fn a_shared_batch_returns_to_its_pool_when_its_last_reader_drops_it() {
+        let (home, pool) = crossbeam_channel::bounded(4);
+        let mut b = RecordBatch::with_capacity(8, 64);
+        b.push(b"k", b"v", 1);
+        let shared = std::sync::Arc::new(PooledBatch::new(b, home));
+        let first = SharedRows::new(shared.clone(), vec![0]);
+        let second = SharedRows::new(shared, vec![]);
+        drop(first);
+        assert!(pool.try_recv().is_err(), "still read by the second");
+        assert_eq!(second.records().len(), 0);
+        drop(second);
+        let back = pool.try_recv().expect("returned");
+        assert!(back.is_empty());
+        assert!(back.byte_capacity() >= 64);
     }
 }

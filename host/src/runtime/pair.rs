@@ -199,6 +199,8 @@ fn alternate(source: &mut Task, s: &mut SourceLoop, reader: &mut Task, l: &mut I
             let soon = Instant::now() + crate::runtime::task::ALIGNMENT_SLEEP;
             deadline = Some(deadline.map_or(soon, |d| d.min(soon)));
         }
+        reader.flush_metrics();
+        source.flush_metrics();
         let mut select = Select::new();
         select.recv(&l.receiver);
         let router = source.router();

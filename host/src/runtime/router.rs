@@ -20,6 +20,11 @@
 //! thread that would drain it may be its own: it queues what does not fit,
 //! per target and in order, and sends it first once there is room.
 //!
+//! A sender that is done with its batch hands it over whole
+//! ([`Router::write_owned`]): to a single target it becomes that target's
+//! batch, and several share it, each sent the list of its rows (see
+//! [`crate::runtime::batch`]). Nothing is copied.
+//!
 //! Batches travel back: a receiver hands each records batch it is done with,
 //! emptied, to the senders feeding it ([`Recycled`]), and a sender starts its
 //! next batch in one of those before allocating. A fresh allocation per batch
@@ -33,7 +38,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::graph::{Partitioning, instance_for_key_group, key_group};
-use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
+use crate::runtime::batch::{NO_KEY_GROUP, PooledBatch, RecordBatch, Records, SharedRows};
 
 /// What travels between tasks.
 #[derive(Debug)]
@@ -41,6 +46,12 @@ pub enum Event {
     /// Records, then (when set) the sender's watermark.
     Records {
         batch: RecordBatch,
+        watermark: Option<i64>,
+    },
+    /// This receiver's rows of a batch shared with the sender's other
+    /// receivers, then (when set) the sender's watermark.
+    Rows {
+        rows: SharedRows,
         watermark: Option<i64>,
     },
     Watermark(i64),
@@ -126,7 +137,17 @@ pub struct Router {
     deferred: Vec<VecDeque<Envelope>>,
     /// Since when something has been waiting in `deferred`.
     deferred_since: Option<Instant>,
+    /// Per target: its rows of the latest shared batch, not sent yet (so a
+    /// watermark issued next rides on them). A target has these or records
+    /// in its buffer, never both.
+    pending_rows: Vec<Option<SharedRows>>,
+    /// Shared batches come back here when their last receiver drops them.
+    pool: Receiver<RecordBatch>,
+    home: Sender<RecordBatch>,
 }
+
+/// Shared batches a router keeps for reuse.
+const POOLED_BATCHES: usize = 64;
 
 impl Router {
     /// `from` is the sender's channel index at the receivers (its instance,
@@ -153,6 +174,8 @@ impl Router {
         let buffers = (0..targets.len())
             .map(|_| RecordBatch::with_capacity(batch_size, batch_size * 32))
             .collect();
+        let (home, pool) = crossbeam_channel::bounded(POOLED_BATCHES);
+        let pending_rows = (0..targets.len()).map(|_| None).collect();
         Router {
             from,
             instance,
@@ -173,6 +196,9 @@ impl Router {
             defer_when_full: false,
             deferred: Vec::new(),
             deferred_since: None,
+            pending_rows,
+            pool,
+            home,
         }
     }
 
@@ -305,6 +331,10 @@ impl Router {
             self.sent_watermarks[target] = self.watermark;
             self.watermark
         });
+        if let Some(rows) = self.pending_rows[target].take() {
+            debug_assert!(self.buffers[target].is_empty());
+            return self.send(target, Event::Rows { rows, watermark });
+        }
         if self.buffers[target].is_empty() {
             return match watermark {
                 Some(w) => self.send(target, Event::Watermark(w)),
@@ -330,9 +360,15 @@ impl Router {
     /// not as soon as it fills: a watermark issued after this write then
     /// rides on it (see [`Router::watermark`]; [`Router::flush_due`] sends
     /// what no watermark took).
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), Disconnected> {
+    pub fn write<'a>(&mut self, records: impl Into<Records<'a>>) -> Result<(), Disconnected> {
+        let batch = records.into();
         if batch.is_empty() {
             return Ok(());
+        }
+        for t in 0..self.targets.len() {
+            if self.pending_rows[t].is_some() {
+                self.flush_target(t)?;
+            }
         }
         if self.oldest.is_none() {
             self.oldest = Some(Instant::now());
@@ -349,31 +385,106 @@ impl Router {
                     let t = usize::from(self.target_of_group[group as usize]);
                     self.make_room(t)?;
                     self.buffers[t].push_with_group(r.key, r.value, r.timestamp, group);
-                    self.buffers[t].merge_origin(batch.origin);
+                    self.buffers[t].merge_origin(batch.origin());
                 }
                 Partitioning::Forward if n > 1 => {
                     // Planned only between equal parallelisms.
                     let t = self.instance as usize % n;
                     self.make_room(t)?;
                     self.buffers[t].push(r.key, r.value, r.timestamp);
-                    self.buffers[t].merge_origin(batch.origin);
+                    self.buffers[t].merge_origin(batch.origin());
                 }
                 Partitioning::Rebalance | Partitioning::Forward => {
                     let t = self.round_robin % n;
                     self.round_robin = self.round_robin.wrapping_add(1);
                     self.make_room(t)?;
                     self.buffers[t].push(r.key, r.value, r.timestamp);
-                    self.buffers[t].merge_origin(batch.origin);
+                    self.buffers[t].merge_origin(batch.origin());
                 }
                 Partitioning::Broadcast => {
                     for t in 0..n {
                         self.make_room(t)?;
                         self.buffers[t].push(r.key, r.value, r.timestamp);
-                        self.buffers[t].merge_origin(batch.origin);
+                        self.buffers[t].merge_origin(batch.origin());
                     }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Hands over `batch`, leaving an empty batch in its place: see the
+    /// module documentation.
+    pub fn write_owned(&mut self, batch: &mut RecordBatch) -> Result<(), Disconnected> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = self.targets.len();
+        let single = match self.mode {
+            Partitioning::Broadcast => return self.write(&*batch),
+            _ if n == 1 => 0,
+            Partitioning::Forward => self.instance as usize % n,
+            Partitioning::Key | Partitioning::Rebalance => return self.share(batch),
+        };
+        if self.pending_rows[single].is_some() || !self.buffers[single].is_empty() {
+            self.flush_target(single)?;
+        }
+        std::mem::swap(&mut self.buffers[single], batch);
+        self.oldest.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// How many targets share a batch handed over whole (1: none do).
+    pub fn sharing_targets(&self) -> usize {
+        match self.mode {
+            Partitioning::Key | Partitioning::Rebalance => self.targets.len(),
+            _ => 1,
+        }
+    }
+
+    /// Sends each target the list of its rows of `batch`, shared (keyed: the
+    /// key groups are cached in the batch here for the receivers).
+    fn share(&mut self, batch: &mut RecordBatch) -> Result<(), Disconnected> {
+        let n = self.targets.len();
+        for t in 0..n {
+            if self.pending_rows[t].is_some() || !self.buffers[t].is_empty() {
+                self.flush_target(t)?;
+            }
+        }
+        let expected = batch.len() / n + batch.len() / 8 + 1;
+        let mut picked: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(expected)).collect();
+        for i in 0..batch.len() {
+            let t = match self.mode {
+                Partitioning::Key => {
+                    let r = batch.get(i);
+                    let group = if r.key_group == NO_KEY_GROUP {
+                        key_group(r.key, self.max_parallelism)
+                    } else {
+                        r.key_group
+                    };
+                    batch.set_key_group(i, group);
+                    usize::from(self.target_of_group[group as usize])
+                }
+                _ => {
+                    let t = self.round_robin % n;
+                    self.round_robin = self.round_robin.wrapping_add(1);
+                    t
+                }
+            };
+            picked[t].push(i as u32);
+        }
+        let fresh = self
+            .pool
+            .try_recv()
+            .unwrap_or_else(|_| RecordBatch::with_capacity(batch.len(), batch.byte_capacity()));
+        let full = std::mem::replace(batch, fresh);
+        let shared = std::sync::Arc::new(PooledBatch::new(full, self.home.clone()));
+        for (t, rows) in picked.into_iter().enumerate() {
+            if !rows.is_empty() {
+                self.pending_rows[t] = Some(SharedRows::new(shared.clone(), rows));
+            }
+        }
+        self.oldest.get_or_insert_with(Instant::now);
         Ok(())
     }
 
@@ -385,8 +496,12 @@ impl Router {
         Ok(())
     }
 
+    /// Sends full batches and shared rows.
     fn flush_full(&mut self) -> Result<(), Disconnected> {
         for t in 0..self.targets.len() {
+            if self.pending_rows[t].is_some() {
+                self.flush_target(t)?;
+            }
             self.make_room(t)?;
         }
         Ok(())
@@ -453,10 +568,30 @@ impl Fanout {
         Fanout { routers }
     }
 
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), Disconnected> {
+    pub fn write(&mut self, records: Records<'_>) -> Result<(), Disconnected> {
         for r in &mut self.routers {
-            r.write(batch)?;
+            r.write(records)?;
         }
+        Ok(())
+    }
+
+    /// See [`Router::sharing_targets`]; 1 with several readers (a batch for
+    /// several is copied).
+    pub fn sharing_targets(&self) -> usize {
+        match self.routers.as_slice() {
+            [router] => router.sharing_targets(),
+            _ => 1,
+        }
+    }
+
+    /// Hands `batch` over when there is one reader, else copies it; either
+    /// way leaves `batch` empty.
+    pub fn write_owned(&mut self, batch: &mut RecordBatch) -> Result<(), Disconnected> {
+        if let [router] = self.routers.as_mut_slice() {
+            return router.write_owned(batch);
+        }
+        self.write(Records::from(&*batch))?;
+        batch.clear();
         Ok(())
     }
 
@@ -547,6 +682,10 @@ mod tests {
                 Event::Records { batch, watermark } => {
                     (batch.iter().map(|r| r.timestamp).collect(), watermark)
                 }
+                Event::Rows { rows, watermark } => (
+                    rows.records().iter().map(|r| r.timestamp).collect(),
+                    watermark,
+                ),
                 Event::Watermark(w) => (Vec::new(), Some(w)),
                 other => panic!("unexpected {other:?}"),
             })
@@ -593,6 +732,67 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_handed_to_keyed_targets_is_shared_and_returns_when_both_are_done() {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..2).map(|_| crossbeam_channel::unbounded()).unzip();
+        let mut router = Router::new(
+            0,
+            0,
+            senders,
+            Partitioning::Key,
+            64,
+            Duration::from_secs(60),
+            128,
+        );
+        let mut batch = RecordBatch::new();
+        for i in 0..40u64 {
+            batch.push(&i.to_le_bytes(), b"v", i as i64);
+        }
+        router.write_owned(&mut batch).unwrap();
+        assert!(batch.is_empty());
+        router.watermark(39).unwrap();
+        let mut seen = Vec::new();
+        let mut held = Vec::new();
+        for (target, receiver) in receivers.iter().enumerate() {
+            let envelope = receiver.try_recv().expect("rows for each target");
+            let Event::Rows { rows, watermark } = envelope.event else {
+                panic!("expected shared rows");
+            };
+            assert_eq!(watermark, Some(39), "the watermark rides on the rows");
+            let mut last = -1;
+            for r in rows.records().iter() {
+                let group = key_group(r.key, 128);
+                assert_eq!(r.key_group, group, "the key group is cached");
+                assert_eq!(instance_for_key_group(group, 128, 2) as usize, target);
+                assert!(r.timestamp > last, "in order");
+                last = r.timestamp;
+                seen.push(r.timestamp);
+            }
+            held.push(rows);
+        }
+        seen.sort();
+        assert_eq!(seen, (0..40).collect::<Vec<_>>(), "every record once");
+        assert!(router.pool.try_recv().is_err(), "still read");
+        drop(held);
+        let back = router.pool.try_recv().expect("back in the pool");
+        assert!(back.is_empty());
+    }
+
+    #[test]
+    fn a_batch_handed_to_a_single_target_becomes_its_batch() {
+        let (mut router, receivers) = router(1, 4);
+        let mut owned = records(&[1, 2]);
+        router.write_owned(&mut owned).unwrap();
+        assert!(owned.is_empty());
+        router.write(&records(&[3, 4, 5])).unwrap();
+        router.flush_all().unwrap();
+        assert_eq!(
+            received(&receivers[0]),
+            vec![(vec![1, 2, 3, 4], None), (vec![5], None)]
+        );
+    }
+
+    #[test]
     fn a_watermark_never_overtakes_records_written_before_it() {
         let (mut router, receivers) = router(3, 5);
         let mut issued = Vec::new();
@@ -601,7 +801,13 @@ mod tests {
             let n = round % 7 + 1;
             let ts: Vec<i64> = (t..t + n).collect();
             t += n;
-            router.write(&records(&ts)).unwrap();
+            if round % 3 == 0 {
+                let mut owned = records(&ts);
+                router.write_owned(&mut owned).unwrap();
+                assert!(owned.is_empty(), "handed over");
+            } else {
+                router.write(&records(&ts)).unwrap();
+            }
             router.watermark(t - 1).unwrap();
             issued.push(t - 1);
             if round % 11 == 0 {

@@ -47,7 +47,7 @@ use crate::checkpoint::{Barrier, CheckpointId};
 use crate::connectors::{ConnectorError, Poll, Sink, Source};
 use crate::graph::spec::OnError;
 use crate::metrics::{OperatorMetrics, TaskMetrics};
-use crate::runtime::batch::RecordBatch;
+use crate::runtime::batch::{RecordBatch, Records};
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{Operator, OperatorError, Output, RejectedRecord};
 use crate::runtime::router::{Disconnected, Envelope, Event, Fanout, Recycled};
@@ -162,6 +162,8 @@ pub(crate) enum Step {
 pub(crate) struct SourceLoop {
     source: Box<dyn Source>,
     time: SourceTime,
+    /// Records polled at a time.
+    poll_size: usize,
     batch: RecordBatch,
     last_watermark: Instant,
     last_record: Instant,
@@ -346,9 +348,17 @@ pub struct Task {
     rejects: Rejects,
     rejected: Vec<RejectedRecord>,
     dead_letters: RecordBatch,
+    /// Rows of a shared batch copied together for a sink.
+    gathered: RecordBatch,
     /// Which input of the first operator the batch being run came from.
     head_input: u16,
+    /// When the local histograms were last merged into the shared ones.
+    metrics_flushed: Instant,
 }
+
+/// How often a busy task merges its local histograms into the shared series
+/// (see [`OperatorMetrics`]); a task also merges them before it waits.
+const METRICS_FLUSH: Duration = Duration::from_millis(200);
 
 impl Task {
     pub fn new(
@@ -394,7 +404,9 @@ impl Task {
             rejects: Rejects::default(),
             rejected: Vec::new(),
             dead_letters: RecordBatch::new(),
+            gathered: RecordBatch::new(),
             head_input: 0,
+            metrics_flushed: Instant::now(),
         }
     }
 
@@ -630,12 +642,25 @@ impl Task {
         }
     }
 
-    fn emit_tail(&mut self, batch: &RecordBatch) -> Result<(), TaskError> {
+    fn emit_tail(&mut self, batch: Records<'_>) -> Result<(), TaskError> {
         match &mut self.tail {
             Tail::Sink(sink) => {
                 if !batch.is_empty() {
-                    sink.write(batch)?;
-                    if let Some(origin) = batch.origin {
+                    match batch.whole() {
+                        Some(whole) => sink.write(whole)?,
+                        None => {
+                            // A sink takes whole batches; rows of a shared
+                            // one reach a sink only when no operator reads
+                            // them first.
+                            let mut gathered = std::mem::take(&mut self.gathered);
+                            gathered.clear();
+                            batch.copy_to(&mut gathered);
+                            let r = sink.write(&gathered);
+                            self.gathered = gathered;
+                            r?;
+                        }
+                    }
+                    if let Some(origin) = batch.origin() {
                         let elapsed = origin.elapsed();
                         self.shared.latency.record(elapsed, batch.len() as u64);
                         self.metrics
@@ -692,7 +717,7 @@ impl Task {
     }
 
     /// Runs `input` through operators `from..` and into the tail.
-    fn run_chain(&mut self, from: usize, input: &RecordBatch) -> Result<(), TaskError> {
+    fn run_chain(&mut self, from: usize, input: Records<'_>) -> Result<(), TaskError> {
         if from == self.operators.len() {
             return self.emit_tail(input);
         }
@@ -700,7 +725,11 @@ impl Task {
             let (done, rest) = self.outputs.split_at_mut(i);
             let out = &mut rest[0];
             out.clear();
-            let source = if i == from { input } else { &done[i - 1].main };
+            let source = if i == from {
+                input
+            } else {
+                Records::from(&done[i - 1].main)
+            };
             let started = Instant::now();
             if i == 0 && self.head_input != 0 {
                 self.operators[i].process_from(self.head_input, source, out)?;
@@ -713,7 +742,7 @@ impl Task {
             m.bytes_in.inc_by(source.byte_len() as u64);
             m.records_out.inc_by(out.main.len() as u64);
             m.bytes_out.inc_by(out.main.byte_len() as u64);
-            out.main.origin = source.origin;
+            out.main.origin = source.origin();
             if !out.rejected.is_empty() {
                 let mut rejected = std::mem::take(&mut out.rejected);
                 let stage = self.link.operator_names[i].clone();
@@ -726,7 +755,7 @@ impl Task {
             }
         }
         let last = std::mem::take(&mut self.outputs[self.operators.len() - 1]);
-        let r = self.emit_tail(&last.main);
+        let r = self.emit_tail(Records::from(&last.main));
         self.outputs[self.operators.len() - 1] = last;
         r
     }
@@ -756,7 +785,7 @@ impl Task {
             self.route_side_outputs(i)?;
             if !self.outputs[i].main.is_empty() {
                 let emitted = std::mem::take(&mut self.outputs[i]);
-                let r = self.run_chain(i + 1, &emitted.main);
+                let r = self.run_chain(i + 1, Records::from(&emitted.main));
                 self.outputs[i] = emitted;
                 r?;
             }
@@ -807,13 +836,24 @@ impl Task {
         Ok(())
     }
 
+    /// Merges the local histograms into the shared series.
+    pub(crate) fn flush_metrics(&mut self) {
+        for m in &self.operator_metrics {
+            m.flush();
+        }
+        self.metrics.flush();
+        self.metrics_flushed = Instant::now();
+    }
+
     fn flush_due(&mut self) -> Result<(), TaskError> {
+        let now = Instant::now();
+        if now.duration_since(self.metrics_flushed) >= METRICS_FLUSH {
+            self.flush_metrics();
+        }
         if let Tail::Router(router) = &mut self.tail {
-            router
-                .flush_due(Instant::now())
-                .map_err(|_| TaskError::PeerStopped {
-                    task: String::new(),
-                })?;
+            router.flush_due(now).map_err(|_| TaskError::PeerStopped {
+                task: String::new(),
+            })?;
             self.report_blocked();
         }
         Ok(())
@@ -930,10 +970,20 @@ impl Task {
         {
             a.publish(self.watermark);
         }
+        // Each receiver of a shared batch gets a full batch's worth of rows:
+        // what a batch costs downstream (a guest call, a channel message)
+        // does not shrink with it.
+        let poll_size = match &self.tail {
+            Tail::Router(router) if self.operators.is_empty() => {
+                self.batch_size * router.sharing_targets()
+            }
+            _ => self.batch_size,
+        };
         SourceLoop {
             source,
             time,
-            batch: RecordBatch::with_capacity(self.batch_size, self.batch_size * 32),
+            poll_size,
+            batch: RecordBatch::with_capacity(poll_size, poll_size * 32),
             last_watermark: Instant::now(),
             last_record: Instant::now(),
             idle: false,
@@ -989,7 +1039,7 @@ impl Task {
         let batch = &mut s.batch;
         batch.clear();
         batch.origin = Some(Instant::now());
-        let poll = s.source.poll(batch, self.batch_size)?;
+        let poll = s.source.poll(batch, s.poll_size)?;
         s.source.take_rejected(&mut self.rejected);
         if !self.rejected.is_empty() {
             let mut rejected = std::mem::take(&mut self.rejected);
@@ -1017,7 +1067,8 @@ impl Task {
             s.last_record = Instant::now();
             s.idle = false;
         }
-        self.run_chain(0, batch)?;
+        let origin = batch.origin;
+        self.run_source_batch(&mut s.batch)?;
         if poll == Poll::End {
             if let Some(a) = &s.time.alignment {
                 a.publish(i64::MAX);
@@ -1030,7 +1081,7 @@ impl Task {
         if s.last_watermark.elapsed() >= s.time.interval {
             s.last_watermark = Instant::now();
             let cap = s.source.slowest_split_timestamp();
-            self.advance_watermark(s.time.watermarks.current_capped(cap), s.batch.origin)?;
+            self.advance_watermark(s.time.watermarks.current_capped(cap), origin)?;
             if let Some(a) = &s.time.alignment {
                 a.publish(self.watermark);
             }
@@ -1049,6 +1100,25 @@ impl Task {
         self.fire_processing_timers()?;
         self.flush_due()?;
         Ok(Step::Worked)
+    }
+
+    /// Runs a polled batch through the chain; with no operator to run, hands
+    /// it to the router whole instead of having it copied (see
+    /// [`Router::write_owned`](crate::runtime::router::Router::write_owned)),
+    /// which leaves an empty batch in its place.
+    fn run_source_batch(&mut self, batch: &mut RecordBatch) -> Result<(), TaskError> {
+        match &mut self.tail {
+            Tail::Router(router) if self.operators.is_empty() => {
+                let r = router
+                    .write_owned(batch)
+                    .map_err(|d| TaskError::PeerStopped {
+                        task: format!("{}: {d:?}", self.name),
+                    });
+                self.report_blocked();
+                r
+            }
+            _ => self.run_chain(0, Records::from(&*batch)),
+        }
     }
 
     /// Readies an input head for [`Task::input_step`].
@@ -1111,13 +1181,29 @@ impl Task {
                     .set(l.watermarks.idle_count() as i64);
                 self.stats.records_in += batch.len() as u64;
                 self.head_input = l.channel_inputs[input];
-                let r = self.run_chain(0, &batch);
+                let r = self.run_chain(0, Records::from(&batch));
                 self.head_input = 0;
                 r?;
                 let origin = batch.origin;
                 if let Some(recycled) = &l.recycled {
                     recycled.give_back(batch);
                 }
+                if let Some(w) = watermark.and_then(|w| l.watermarks.update(input, w)) {
+                    self.advance_watermark(w, origin)?;
+                }
+            }
+            Event::Rows { rows, watermark } => {
+                l.watermarks.activate(input);
+                self.metrics
+                    .idle_inputs
+                    .set(l.watermarks.idle_count() as i64);
+                self.stats.records_in += rows.len() as u64;
+                self.head_input = l.channel_inputs[input];
+                let r = self.run_chain(0, rows.records());
+                self.head_input = 0;
+                r?;
+                let origin = rows.records().origin();
+                drop(rows);
                 if let Some(w) = watermark.and_then(|w| l.watermarks.update(input, w)) {
                     self.advance_watermark(w, origin)?;
                 }
@@ -1201,7 +1287,11 @@ impl Task {
     }
 
     /// The next event, waiting at most until the task's deadline.
-    fn receive(&self, receiver: &Receiver<Envelope>) -> Result<Envelope, RecvTimeoutError> {
+    fn receive(&mut self, receiver: &Receiver<Envelope>) -> Result<Envelope, RecvTimeoutError> {
+        if let Ok(envelope) = receiver.try_recv() {
+            return Ok(envelope);
+        }
+        self.flush_metrics();
         match self.deadline() {
             Some(d) => receiver.recv_deadline(d),
             None => receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),

@@ -25,7 +25,7 @@ use super::cache::{CacheOutcome, ModuleCache, module_digest};
 use super::engine::{SandboxEngine, SandboxPolicy};
 use super::host::{HostState, slot_key_in};
 use crate::graph::key_group;
-use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
+use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch, RecordRef, Records};
 use crate::runtime::operator::{
     FailureKind, InstanceInfo, Operator, OperatorError, Output, RejectedRecord,
 };
@@ -1002,18 +1002,32 @@ impl WasmOperator {
 
     fn process_range(
         &mut self,
-        input: &RecordBatch,
+        input: Records<'_>,
+        range: Range<usize>,
+        out: &mut Output,
+    ) -> Result<(), OperatorError> {
+        // One copy of the loops per kind of view: deciding per record cost
+        // a keyed job at parallelism 1 about 3% of its throughput.
+        match input.whole() {
+            Some(batch) => self.process_records(|i| batch.get(i), range, out),
+            None => self.process_records(|i| input.get(i), range, out),
+        }
+    }
+
+    fn process_records<'r>(
+        &mut self,
+        get: impl Fn(usize) -> RecordRef<'r>,
         range: Range<usize>,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
         self.assign_slots(range.clone().map(|i| {
-            let r = input.get(i);
+            let r = get(i);
             (r.key, r.key_group)
         }))?;
         let slots = std::mem::take(&mut self.entry_slots);
         let mut w = self.begin_input(BatchKind::Records)?;
         for (i, slot) in range.zip(&slots) {
-            let r = input.get(i);
+            let r = get(i);
             w.record(*slot, r.timestamp, r.value);
         }
         w.finish();
@@ -1023,7 +1037,7 @@ impl WasmOperator {
 
     fn process_isolated(
         &mut self,
-        input: &RecordBatch,
+        input: Records<'_>,
         range: Range<usize>,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
@@ -1093,7 +1107,7 @@ impl Operator for WasmOperator {
         &self.side_outputs
     }
 
-    fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError> {
+    fn process(&mut self, input: Records<'_>, out: &mut Output) -> Result<(), OperatorError> {
         if input.is_empty() {
             return Ok(());
         }
@@ -1106,7 +1120,7 @@ impl Operator for WasmOperator {
     fn process_from(
         &mut self,
         input: u16,
-        batch: &RecordBatch,
+        batch: Records<'_>,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
         self.input_index = input;
