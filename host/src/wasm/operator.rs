@@ -25,7 +25,7 @@ use super::cache::{CacheOutcome, ModuleCache, module_digest};
 use super::engine::{SandboxEngine, SandboxPolicy};
 use super::host::{HostState, slot_key_in};
 use crate::graph::key_group;
-use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch, RecordRef, Records};
+use crate::runtime::batch::{NO_KEY_GROUP, PREFETCH_AHEAD, RecordBatch, RecordRef, Records};
 use crate::runtime::operator::{
     FailureKind, InstanceInfo, Operator, OperatorError, Output, RejectedRecord,
 };
@@ -1009,18 +1009,20 @@ impl WasmOperator {
         // One copy of the loops per kind of view: deciding per record cost
         // a keyed job at parallelism 1 about 3% of its throughput.
         match input.whole() {
-            Some(batch) => self.process_records(|i| batch.get(i), range, out),
-            None => self.process_records(|i| input.get(i), range, out),
+            Some(batch) => self.process_records(|i| batch.get(i), |_| {}, range, out),
+            None => self.process_records(|i| input.get(i), |i| input.prefetch(i), range, out),
         }
     }
 
     fn process_records<'r>(
         &mut self,
         get: impl Fn(usize) -> RecordRef<'r>,
+        prefetch: impl Fn(usize),
         range: Range<usize>,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
         self.assign_slots(range.clone().map(|i| {
+            prefetch(i + PREFETCH_AHEAD);
             let r = get(i);
             (r.key, r.key_group)
         }))?;
