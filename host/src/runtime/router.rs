@@ -421,7 +421,11 @@ impl Router {
         }
         let n = self.targets.len();
         let single = match self.mode {
-            Partitioning::Broadcast => return self.write(&*batch),
+            Partitioning::Broadcast => {
+                self.write(&*batch)?;
+                batch.clear();
+                return Ok(());
+            }
             _ if n == 1 => 0,
             Partitioning::Forward => self.instance as usize % n,
             Partitioning::Key | Partitioning::Rebalance => return self.share(batch),
