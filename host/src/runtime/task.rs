@@ -1175,15 +1175,7 @@ impl Task {
         }
         match event {
             Event::Records { batch, watermark } => {
-                l.watermarks.activate(input);
-                self.metrics
-                    .idle_inputs
-                    .set(l.watermarks.idle_count() as i64);
-                self.stats.records_in += batch.len() as u64;
-                self.head_input = l.channel_inputs[input];
-                let r = self.run_chain(0, Records::from(&batch));
-                self.head_input = 0;
-                r?;
+                self.run_input_records(l, input, Records::from(&batch))?;
                 let origin = batch.origin;
                 if let Some(recycled) = &l.recycled {
                     recycled.give_back(batch);
@@ -1193,15 +1185,7 @@ impl Task {
                 }
             }
             Event::Rows { rows, watermark } => {
-                l.watermarks.activate(input);
-                self.metrics
-                    .idle_inputs
-                    .set(l.watermarks.idle_count() as i64);
-                self.stats.records_in += rows.len() as u64;
-                self.head_input = l.channel_inputs[input];
-                let r = self.run_chain(0, rows.records());
-                self.head_input = 0;
-                r?;
+                self.run_input_records(l, input, rows.records())?;
                 let origin = rows.records().origin();
                 drop(rows);
                 if let Some(w) = watermark.and_then(|w| l.watermarks.update(input, w)) {
@@ -1267,6 +1251,24 @@ impl Task {
         self.fire_processing_timers()?;
         self.flush_due()?;
         Ok(Step::Worked)
+    }
+
+    /// Runs records from channel `input` through the chain.
+    fn run_input_records(
+        &mut self,
+        l: &mut InputLoop,
+        input: usize,
+        records: Records<'_>,
+    ) -> Result<(), TaskError> {
+        l.watermarks.activate(input);
+        self.metrics
+            .idle_inputs
+            .set(l.watermarks.idle_count() as i64);
+        self.stats.records_in += records.len() as u64;
+        self.head_input = l.channel_inputs[input];
+        let r = self.run_chain(0, records);
+        self.head_input = 0;
+        r
     }
 
     /// When the task must act even if no event comes: a batch must be
