@@ -172,7 +172,7 @@ impl RecordBatch {
 
     /// Key and value bytes of record `i`.
     #[inline]
-    pub fn record_bytes(&self, i: usize) -> usize {
+    fn record_bytes(&self, i: usize) -> usize {
         let e = &self.entries[i];
         (e.key_len + e.value_len) as usize
     }

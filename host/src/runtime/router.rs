@@ -430,11 +430,18 @@ impl Router {
             Partitioning::Forward => self.instance as usize % n,
             Partitioning::Key | Partitioning::Rebalance => return self.share(batch),
         };
-        if self.pending_rows[single].is_some() || !self.buffers[single].is_empty() {
-            self.flush_target(single)?;
-        }
+        self.flush_waiting(single)?;
         std::mem::swap(&mut self.buffers[single], batch);
         self.oldest.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Sends what waits for `target` (shared rows or buffered records), so
+    /// that what is handed over next comes after it.
+    fn flush_waiting(&mut self, target: usize) -> Result<(), Disconnected> {
+        if self.pending_rows[target].is_some() || !self.buffers[target].is_empty() {
+            self.flush_target(target)?;
+        }
         Ok(())
     }
 
@@ -451,9 +458,7 @@ impl Router {
     fn share(&mut self, batch: &mut RecordBatch) -> Result<(), Disconnected> {
         let n = self.targets.len();
         for t in 0..n {
-            if self.pending_rows[t].is_some() || !self.buffers[t].is_empty() {
-                self.flush_target(t)?;
-            }
+            self.flush_waiting(t)?;
         }
         let expected = batch.len() / n + batch.len() / 8 + 1;
         let mut picked: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(expected)).collect();
