@@ -9,6 +9,7 @@
 use super::{ConnectorError, Poll, Source, SourceAssignment, SplitPosition};
 use crate::graph::spec::GeneratorFormat;
 use crate::runtime::batch::RecordBatch;
+use crate::runtime::router::Scatter;
 
 pub struct Generator {
     splits: GeneratedSplits,
@@ -174,6 +175,33 @@ impl GeneratedSplits {
     }
 }
 
+impl Generator {
+    #[inline(always)]
+    fn fill(&mut self, max: usize, mut push: impl FnMut(&[u8], &[u8], i64)) -> Poll {
+        use std::fmt::Write;
+        let max = self.pace(max);
+        let events_per_ms = self.events_per_ms;
+        for _ in 0..max {
+            let Some((i, ts)) = self.splits.next(|i| (i / events_per_ms) as i64) else {
+                return Poll::End;
+            };
+            let key = i % self.keys;
+            match self.format {
+                GeneratorFormat::Binary => push(&key.to_le_bytes(), &i.to_le_bytes(), ts),
+                GeneratorFormat::Text => {
+                    self.text.clear();
+                    let _ = write!(self.text, "{key}");
+                    let split = self.text.len();
+                    let _ = write!(self.text, "{i}");
+                    let (k, v) = self.text.split_at(split);
+                    push(k.as_bytes(), v.as_bytes(), ts);
+                }
+            }
+        }
+        self.splits.poll_result()
+    }
+}
+
 impl Source for Generator {
     fn slowest_split_timestamp(&self) -> Option<i64> {
         self.splits.slowest_timestamp()
@@ -184,27 +212,15 @@ impl Source for Generator {
     }
 
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError> {
-        use std::fmt::Write;
-        let max = self.pace(max);
-        let events_per_ms = self.events_per_ms;
-        for _ in 0..max {
-            let Some((i, ts)) = self.splits.next(|i| (i / events_per_ms) as i64) else {
-                return Ok(Poll::End);
-            };
-            let key = i % self.keys;
-            match self.format {
-                GeneratorFormat::Binary => out.push(&key.to_le_bytes(), &i.to_le_bytes(), ts),
-                GeneratorFormat::Text => {
-                    self.text.clear();
-                    let _ = write!(self.text, "{key}");
-                    let split = self.text.len();
-                    let _ = write!(self.text, "{i}");
-                    let (k, v) = self.text.split_at(split);
-                    out.push(k.as_bytes(), v.as_bytes(), ts);
-                }
-            }
-        }
-        Ok(self.splits.poll_result())
+        Ok(self.fill(max, |k, v, ts| out.push(k, v, ts)))
+    }
+
+    fn poll_scattered(
+        &mut self,
+        out: &mut Scatter<'_>,
+        max: usize,
+    ) -> Option<Result<Poll, ConnectorError>> {
+        Some(Ok(self.fill(max, |k, v, ts| out.push(k, v, ts))))
     }
 }
 

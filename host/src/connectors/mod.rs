@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use crate::graph::spec::SourceSpec;
 use crate::runtime::batch::RecordBatch;
 use crate::runtime::operator::RejectedRecord;
+use crate::runtime::router::Scatter;
 
 pub use sinks::{Sink, SinkFactory, SinkMode, SinkTotals, commit_part, recover_directory};
 
@@ -103,6 +104,20 @@ pub enum Poll {
 pub trait Source: Send {
     /// Appends up to `max` records to `out`.
     fn poll(&mut self, out: &mut RecordBatch, max: usize) -> Result<Poll, ConnectorError>;
+
+    /// Like [`Source::poll`], with each record handed to `out` as it is
+    /// made: a source task with no operator of its own then writes it
+    /// straight into the batch of the task that reads it, instead of into a
+    /// batch of its own first. `None`: not supported (the task polls
+    /// instead, and divides the batch).
+    fn poll_scattered(
+        &mut self,
+        out: &mut Scatter<'_>,
+        max: usize,
+    ) -> Option<Result<Poll, ConnectorError>> {
+        let _ = (out, max);
+        None
+    }
 
     /// The position of each split this instance reads, after the last record
     /// returned by `poll`; `None` when the source cannot be checkpointed.

@@ -22,8 +22,11 @@
 //!
 //! A sender that is done with its batch hands it over whole
 //! ([`Router::write_owned`]): to a single target it becomes that target's
-//! batch, and several share it, each sent the list of its rows (see
-//! [`crate::runtime::batch`]). Nothing is copied.
+//! batch; among several it is divided in one pass. A source task with no
+//! operator divides its records as it makes them ([`Scatter`]), each
+//! written once, into the batch of the task that reads it. Either way the
+//! targets' batches go at the next flush, as the source polls a batch's
+//! worth per target.
 //!
 //! Batches travel back: a receiver hands each records batch it is done with,
 //! emptied, to the senders feeding it ([`Recycled`]), and a sender starts its
@@ -38,7 +41,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::graph::{Partitioning, instance_for_key_group, key_group};
-use crate::runtime::batch::{NO_KEY_GROUP, PooledBatch, RecordBatch, Records, SharedRows};
+use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch, Records};
 
 /// What travels between tasks.
 #[derive(Debug)]
@@ -46,12 +49,6 @@ pub enum Event {
     /// Records, then (when set) the sender's watermark.
     Records {
         batch: RecordBatch,
-        watermark: Option<i64>,
-    },
-    /// This receiver's rows of a batch shared with the sender's other
-    /// receivers, then (when set) the sender's watermark.
-    Rows {
-        rows: SharedRows,
         watermark: Option<i64>,
     },
     Watermark(i64),
@@ -137,17 +134,10 @@ pub struct Router {
     deferred: Vec<VecDeque<Envelope>>,
     /// Since when something has been waiting in `deferred`.
     deferred_since: Option<Instant>,
-    /// Per target: its rows of the latest shared batch, not sent yet (so a
-    /// watermark issued next rides on them). A target has these or records
-    /// in its buffer, never both.
-    pending_rows: Vec<Option<SharedRows>>,
-    /// Shared batches come back here when their last receiver drops them.
-    pool: Receiver<RecordBatch>,
-    home: Sender<RecordBatch>,
+    /// The targets' batches hold what was handed over whole: they go at
+    /// the next flush, full or not.
+    handed_over: bool,
 }
-
-/// Shared batches a router keeps for reuse.
-const POOLED_BATCHES: usize = 64;
 
 impl Router {
     /// `from` is the sender's channel index at the receivers (its instance,
@@ -174,8 +164,6 @@ impl Router {
         let buffers = (0..targets.len())
             .map(|_| RecordBatch::with_capacity(batch_size, batch_size * 32))
             .collect();
-        let (home, pool) = crossbeam_channel::bounded(POOLED_BATCHES);
-        let pending_rows = (0..targets.len()).map(|_| None).collect();
         Router {
             from,
             instance,
@@ -196,9 +184,7 @@ impl Router {
             defer_when_full: false,
             deferred: Vec::new(),
             deferred_since: None,
-            pending_rows,
-            pool,
-            home,
+            handed_over: false,
         }
     }
 
@@ -331,10 +317,6 @@ impl Router {
             self.sent_watermarks[target] = self.watermark;
             self.watermark
         });
-        if let Some(rows) = self.pending_rows[target].take() {
-            debug_assert!(self.buffers[target].is_empty());
-            return self.send(target, Event::Rows { rows, watermark });
-        }
         if self.buffers[target].is_empty() {
             return match watermark {
                 Some(w) => self.send(target, Event::Watermark(w)),
@@ -365,10 +347,8 @@ impl Router {
         if batch.is_empty() {
             return Ok(());
         }
-        for t in 0..self.targets.len() {
-            if self.pending_rows[t].is_some() {
-                self.flush_target(t)?;
-            }
+        if self.handed_over {
+            self.flush_full()?;
         }
         if self.oldest.is_none() {
             self.oldest = Some(Instant::now());
@@ -428,7 +408,7 @@ impl Router {
             }
             _ if n == 1 => 0,
             Partitioning::Forward => self.instance as usize % n,
-            Partitioning::Key | Partitioning::Rebalance => return self.share(batch),
+            Partitioning::Key | Partitioning::Rebalance => return self.scatter(batch),
         };
         self.flush_waiting(single)?;
         std::mem::swap(&mut self.buffers[single], batch);
@@ -436,64 +416,72 @@ impl Router {
         Ok(())
     }
 
-    /// Sends what waits for `target` (shared rows or buffered records), so
-    /// that what is handed over next comes after it.
+    /// Sends what waits for `target`, so that what is handed over next
+    /// comes after it.
     fn flush_waiting(&mut self, target: usize) -> Result<(), Disconnected> {
-        if self.pending_rows[target].is_some() || !self.buffers[target].is_empty() {
+        if !self.buffers[target].is_empty() {
             self.flush_target(target)?;
         }
         Ok(())
     }
 
-    /// How many targets share a batch handed over whole (1: none do).
-    pub fn sharing_targets(&self) -> usize {
+    /// How many targets a batch handed over whole is divided among (1: it
+    /// is not divided).
+    pub fn dividing_targets(&self) -> usize {
         match self.mode {
             Partitioning::Key | Partitioning::Rebalance => self.targets.len(),
             _ => 1,
         }
     }
 
-    /// Sends each target the list of its rows of `batch`, shared (keyed: the
-    /// key groups are cached in the batch here for the receivers).
-    fn share(&mut self, batch: &mut RecordBatch) -> Result<(), Disconnected> {
-        let n = self.targets.len();
-        for t in 0..n {
-            self.flush_waiting(t)?;
-        }
-        let expected = batch.len() / n + batch.len() / 8 + 1;
-        let mut picked: Vec<Vec<u32>> = (0..n).map(|_| Vec::with_capacity(expected)).collect();
+    /// Divides `batch` among the targets' batches in one pass (see the
+    /// module documentation).
+    fn scatter(&mut self, batch: &mut RecordBatch) -> Result<(), Disconnected> {
+        let mut into = self.scatter_into(batch.origin, i64::MAX);
         for i in 0..batch.len() {
-            let t = match self.mode {
-                Partitioning::Key => {
-                    let r = batch.get(i);
-                    let group = if r.key_group == NO_KEY_GROUP {
-                        key_group(r.key, self.max_parallelism)
-                    } else {
-                        r.key_group
-                    };
-                    batch.set_key_group(i, group);
-                    usize::from(self.target_of_group[group as usize])
-                }
-                _ => {
-                    let t = self.round_robin % n;
-                    self.round_robin = self.round_robin.wrapping_add(1);
-                    t
-                }
-            };
-            picked[t].push(i as u32);
+            let r = batch.get(i);
+            into.push_with_group(r.key, r.value, r.timestamp, r.key_group);
         }
-        let fresh = self
-            .pool
-            .try_recv()
-            .unwrap_or_else(|_| RecordBatch::with_capacity(batch.len(), batch.byte_capacity()));
-        let full = std::mem::replace(batch, fresh);
-        let shared = std::sync::Arc::new(PooledBatch::new(full, self.home.clone()));
-        for (t, rows) in picked.into_iter().enumerate() {
-            if !rows.is_empty() {
-                self.pending_rows[t] = Some(SharedRows::new(shared.clone(), rows));
-            }
+        batch.clear();
+        into.finish().map(drop)
+    }
+
+    /// Starts taking records one at a time into the targets' batches (see
+    /// [`Scatter`]); event times above `horizon` are counted apart.
+    pub fn scatter_into(&mut self, origin: Option<Instant>, horizon: i64) -> Scatter<'_> {
+        for buffer in &mut self.buffers {
+            buffer.merge_origin(origin);
         }
         self.oldest.get_or_insert_with(Instant::now);
+        Scatter {
+            router: self,
+            origin,
+            failed: None,
+            horizon,
+            taken: Scattered {
+                records: 0,
+                beyond_horizon: 0,
+                max_timestamp: None,
+            },
+        }
+    }
+
+    /// Appends a record to target `t`'s batch, sending that first if full.
+    #[inline(always)]
+    fn push_to(
+        &mut self,
+        t: usize,
+        key: &[u8],
+        value: &[u8],
+        timestamp: i64,
+        group: u32,
+        origin: Option<Instant>,
+    ) -> Result<(), Disconnected> {
+        if self.buffers[t].len() >= self.batch_size {
+            self.flush_target(t)?;
+            self.buffers[t].origin = origin;
+        }
+        self.buffers[t].push_with_group(key, value, timestamp, group);
         Ok(())
     }
 
@@ -505,14 +493,21 @@ impl Router {
         Ok(())
     }
 
-    /// Sends full batches and shared rows.
+    /// Whether target's batch is to go at the next flush.
+    #[inline]
+    fn ready(&self, target: usize) -> bool {
+        let waiting = self.buffers[target].len();
+        waiting >= self.batch_size || (self.handed_over && waiting > 0)
+    }
+
+    /// Sends full batches, and those holding what was handed over.
     fn flush_full(&mut self) -> Result<(), Disconnected> {
         for t in 0..self.targets.len() {
-            if self.pending_rows[t].is_some() {
+            if self.ready(t) {
                 self.flush_target(t)?;
             }
-            self.make_room(t)?;
         }
+        self.handed_over = false;
         Ok(())
     }
 
@@ -526,11 +521,11 @@ impl Router {
         }
         self.watermark = watermark;
         for t in 0..self.targets.len() {
-            let waiting = self.buffers[t].len();
-            if waiting == 0 || waiting >= self.batch_size {
+            if self.buffers[t].is_empty() || self.ready(t) {
                 self.flush_target(t)?;
             }
         }
+        self.handed_over = false;
         Ok(())
     }
 
@@ -553,6 +548,7 @@ impl Router {
             self.flush_target(t)?;
         }
         self.oldest = None;
+        self.handed_over = false;
         Ok(())
     }
 
@@ -563,6 +559,73 @@ impl Router {
             self.send(t, event())?;
         }
         Ok(())
+    }
+}
+
+/// Records taken one at a time into a keyed or rebalancing router's
+/// per-target batches, as a source makes them (or from a batch handed over
+/// whole): each is written once, into the batch of the task that reads it.
+/// Those batches go at the router's next flush, as the source polls about
+/// a batch's worth per target.
+pub struct Scatter<'a> {
+    router: &'a mut Router,
+    origin: Option<Instant>,
+    /// A receiver gone: the rest is dropped, and [`Scatter::finish`] says so
+    /// (the job fails and restarts from its last checkpoint).
+    failed: Option<Disconnected>,
+    horizon: i64,
+    taken: Scattered,
+}
+
+/// What a [`Scatter`] took.
+#[derive(Clone, Copy, Debug)]
+pub struct Scattered {
+    pub records: u64,
+    /// Records whose event time was above the horizon.
+    pub beyond_horizon: u64,
+    /// The highest event time not above the horizon.
+    pub max_timestamp: Option<i64>,
+}
+
+impl Scatter<'_> {
+    #[inline]
+    pub fn push(&mut self, key: &[u8], value: &[u8], timestamp: i64) {
+        self.push_with_group(key, value, timestamp, NO_KEY_GROUP);
+    }
+
+    #[inline]
+    fn push_with_group(&mut self, key: &[u8], value: &[u8], timestamp: i64, group: u32) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.taken.records += 1;
+        if timestamp > self.horizon {
+            self.taken.beyond_horizon += 1;
+        } else if self.taken.max_timestamp.is_none_or(|max| timestamp > max) {
+            self.taken.max_timestamp = Some(timestamp);
+        }
+        let router = &mut *self.router;
+        let (t, group) = if router.mode == Partitioning::Key {
+            let group = if group == NO_KEY_GROUP {
+                key_group(key, router.max_parallelism)
+            } else {
+                group
+            };
+            (usize::from(router.target_of_group[group as usize]), group)
+        } else {
+            let t = router.round_robin % router.targets.len();
+            router.round_robin = router.round_robin.wrapping_add(1);
+            (t, group)
+        };
+        if let Err(e) = router.push_to(t, key, value, timestamp, group, self.origin) {
+            self.failed = Some(e);
+        }
+    }
+
+    /// Marks the targets' batches for sending at the next flush.
+    pub fn finish(self) -> Result<Scattered, Disconnected> {
+        self.router.handed_over = true;
+        self.failed.map_or(Ok(self.taken), Err)
     }
 }
 
@@ -584,11 +647,11 @@ impl Fanout {
         Ok(())
     }
 
-    /// See [`Router::sharing_targets`]; 1 with several readers (a batch for
+    /// See [`Router::dividing_targets`]; 1 with several readers (a batch for
     /// several is copied).
-    pub fn sharing_targets(&self) -> usize {
+    pub fn dividing_targets(&self) -> usize {
         match self.routers.as_slice() {
-            [router] => router.sharing_targets(),
+            [router] => router.dividing_targets(),
             _ => 1,
         }
     }
@@ -602,6 +665,15 @@ impl Fanout {
         self.write(Records::from(&*batch))?;
         batch.clear();
         Ok(())
+    }
+
+    /// The router a source can write its records straight into, record by
+    /// record: the only one, when it divides them among several readers.
+    pub fn scattering(&mut self) -> Option<&mut Router> {
+        match self.routers.as_mut_slice() {
+            [router] if router.dividing_targets() > 1 => Some(router),
+            _ => None,
+        }
     }
 
     pub fn deadline(&self) -> Option<Instant> {
@@ -691,10 +763,6 @@ mod tests {
                 Event::Records { batch, watermark } => {
                     (batch.iter().map(|r| r.timestamp).collect(), watermark)
                 }
-                Event::Rows { rows, watermark } => (
-                    rows.records().iter().map(|r| r.timestamp).collect(),
-                    watermark,
-                ),
                 Event::Watermark(w) => (Vec::new(), Some(w)),
                 other => panic!("unexpected {other:?}"),
             })
@@ -741,7 +809,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_handed_to_keyed_targets_is_shared_and_returns_when_both_are_done() {
+    fn a_batch_handed_to_keyed_targets_is_divided_with_its_key_groups() {
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..2).map(|_| crossbeam_channel::unbounded()).unzip();
         let mut router = Router::new(
@@ -761,15 +829,14 @@ mod tests {
         assert!(batch.is_empty());
         router.watermark(39).unwrap();
         let mut seen = Vec::new();
-        let mut held = Vec::new();
         for (target, receiver) in receivers.iter().enumerate() {
-            let envelope = receiver.try_recv().expect("rows for each target");
-            let Event::Rows { rows, watermark } = envelope.event else {
-                panic!("expected shared rows");
+            let envelope = receiver.try_recv().expect("a batch for each target");
+            let Event::Records { batch, watermark } = envelope.event else {
+                panic!("expected records");
             };
-            assert_eq!(watermark, Some(39), "the watermark rides on the rows");
+            assert_eq!(watermark, Some(39), "the watermark rides on the batch");
             let mut last = -1;
-            for r in rows.records().iter() {
+            for r in batch.iter() {
                 let group = key_group(r.key, 128);
                 assert_eq!(r.key_group, group, "the key group is cached");
                 assert_eq!(instance_for_key_group(group, 128, 2) as usize, target);
@@ -777,14 +844,43 @@ mod tests {
                 last = r.timestamp;
                 seen.push(r.timestamp);
             }
-            held.push(rows);
         }
         seen.sort();
         assert_eq!(seen, (0..40).collect::<Vec<_>>(), "every record once");
-        assert!(router.pool.try_recv().is_err(), "still read");
-        drop(held);
-        let back = router.pool.try_recv().expect("back in the pool");
-        assert!(back.is_empty());
+    }
+
+    #[test]
+    fn records_scattered_by_a_source_go_at_the_next_flush_with_what_it_saw() {
+        let (mut router, receivers) = router(2, 4);
+        let mut into = router.scatter_into(None, 100);
+        for t in [5, 200, 7, 9, 8] {
+            into.push(b"k", b"v", t);
+        }
+        let taken = into.finish().unwrap();
+        assert_eq!(taken.records, 5);
+        assert_eq!(taken.beyond_horizon, 1, "200 is beyond the horizon");
+        assert_eq!(taken.max_timestamp, Some(9));
+        // Round robin: target 0 took 5, 7 and 8; target 1 took 200 and 9.
+        router.flush_due(Instant::now()).unwrap();
+        assert_eq!(received(&receivers[0]), vec![(vec![5, 7, 8], None)]);
+        assert_eq!(received(&receivers[1]), vec![(vec![200, 9], None)]);
+    }
+
+    #[test]
+    fn a_scatter_sends_full_batches_as_it_goes_and_stops_once_a_target_is_gone() {
+        let (mut router, mut receivers) = router(2, 2);
+        let mut into = router.scatter_into(None, i64::MAX);
+        for t in 0..6 {
+            into.push(b"k", b"v", t);
+        }
+        into.finish().unwrap();
+        assert_eq!(received(&receivers[0]), vec![(vec![0, 2], None)]);
+        drop(receivers.remove(1));
+        let mut into = router.scatter_into(None, i64::MAX);
+        for t in 6..12 {
+            into.push(b"k", b"v", t);
+        }
+        assert!(into.finish().is_err(), "the gone target is reported");
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub(crate) struct SourceLoop {
     time: SourceTime,
     /// Records polled at a time.
     poll_size: usize,
+    /// Whether to poll straight into the router (see
+    /// [`Source::poll_scattered`]).
+    scatter: bool,
     batch: RecordBatch,
     last_watermark: Instant,
     last_record: Instant,
@@ -223,13 +226,18 @@ impl SourceTime {
         }
     }
 
+    /// Event times above this do not move the watermark.
+    fn horizon(&self) -> i64 {
+        now_millis().saturating_add(self.future_horizon_ms)
+    }
+
     /// Feeds the batch's timestamps to the watermark generator, except those
     /// beyond the horizon; returns how many were beyond it.
     fn observe(&mut self, batch: &RecordBatch) -> u64 {
         let Some(max) = batch.max_timestamp() else {
             return 0;
         };
-        let limit = now_millis().saturating_add(self.future_horizon_ms);
+        let limit = self.horizon();
         if max <= limit {
             self.watermarks.observe(max);
             return 0;
@@ -349,7 +357,6 @@ pub struct Task {
     rejected: Vec<RejectedRecord>,
     dead_letters: RecordBatch,
     /// Rows of a shared batch copied together for a sink.
-    gathered: RecordBatch,
     /// Which input of the first operator the batch being run came from.
     head_input: u16,
     /// When the local histograms were last merged into the shared ones.
@@ -404,7 +411,6 @@ impl Task {
             rejects: Rejects::default(),
             rejected: Vec::new(),
             dead_letters: RecordBatch::new(),
-            gathered: RecordBatch::new(),
             head_input: 0,
             metrics_flushed: Instant::now(),
         }
@@ -646,20 +652,7 @@ impl Task {
         match &mut self.tail {
             Tail::Sink(sink) => {
                 if !batch.is_empty() {
-                    match batch.whole() {
-                        Some(whole) => sink.write(whole)?,
-                        None => {
-                            // A sink takes whole batches; rows of a shared
-                            // one reach a sink only when no operator reads
-                            // them first.
-                            let mut gathered = std::mem::take(&mut self.gathered);
-                            gathered.clear();
-                            batch.copy_to(&mut gathered);
-                            let r = sink.write(&gathered);
-                            self.gathered = gathered;
-                            r?;
-                        }
-                    }
+                    sink.write(batch.batch())?;
                     if let Some(origin) = batch.origin() {
                         let elapsed = origin.elapsed();
                         self.shared.latency.record(elapsed, batch.len() as u64);
@@ -970,19 +963,19 @@ impl Task {
         {
             a.publish(self.watermark);
         }
-        // Each receiver of a shared batch gets a full batch's worth of rows:
-        // what a batch costs downstream (a guest call, a channel message)
-        // does not shrink with it.
-        let poll_size = match &self.tail {
-            Tail::Router(router) if self.operators.is_empty() => {
-                self.batch_size * router.sharing_targets()
-            }
-            _ => self.batch_size,
+        // Each receiver of a divided poll gets a full batch's worth: what a
+        // batch costs downstream (a guest call, a channel message) does not
+        // shrink with it.
+        let dividing_targets = match &self.tail {
+            Tail::Router(router) if self.operators.is_empty() => router.dividing_targets(),
+            _ => 1,
         };
+        let poll_size = self.batch_size * dividing_targets;
         SourceLoop {
             source,
             time,
             poll_size,
+            scatter: dividing_targets > 1,
             batch: RecordBatch::with_capacity(poll_size, poll_size * 32),
             last_watermark: Instant::now(),
             last_record: Instant::now(),
@@ -1036,17 +1029,24 @@ impl Task {
             self.flush_due()?;
             return Ok(Step::Waiting);
         }
-        let batch = &mut s.batch;
-        batch.clear();
-        batch.origin = Some(Instant::now());
-        let poll = s.source.poll(batch, s.poll_size)?;
+        let origin = Some(Instant::now());
+        let scattered = self.poll_scattered(s, origin)?;
+        let (poll, records, beyond) = match scattered {
+            Some(polled) => polled,
+            None => {
+                let batch = &mut s.batch;
+                batch.clear();
+                batch.origin = origin;
+                let poll = s.source.poll(batch, s.poll_size)?;
+                (poll, batch.len() as u64, s.time.observe(batch))
+            }
+        };
         s.source.take_rejected(&mut self.rejected);
         if !self.rejected.is_empty() {
             let mut rejected = std::mem::take(&mut self.rejected);
             self.reject("source", &mut rejected)?;
             self.rejected = rejected;
         }
-        let beyond = s.time.observe(&s.batch);
         if beyond > 0 {
             self.shared
                 .far_future_records
@@ -1058,17 +1058,15 @@ impl Task {
             tracing::warn!(task = %self.name, records = beyond,
                 "records more than the future horizon ahead of the clock do not move the watermark");
         }
-        let batch = &s.batch;
-        self.stats.records_in += batch.len() as u64;
-        self.shared
-            .records
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if !batch.is_empty() {
+        self.stats.records_in += records;
+        self.shared.records.fetch_add(records, Ordering::Relaxed);
+        if records > 0 {
             s.last_record = Instant::now();
             s.idle = false;
         }
-        let origin = batch.origin;
-        self.run_source_batch(&mut s.batch)?;
+        if scattered.is_none() {
+            self.run_source_batch(&mut s.batch)?;
+        }
         if poll == Poll::End {
             if let Some(a) = &s.time.alignment {
                 a.publish(i64::MAX);
@@ -1100,6 +1098,38 @@ impl Task {
         self.fire_processing_timers()?;
         self.flush_due()?;
         Ok(Step::Worked)
+    }
+
+    /// Polls the source straight into the router when it can (see
+    /// [`Source::poll_scattered`]): the poll's result, the records taken,
+    /// and how many were beyond the future horizon.
+    fn poll_scattered(
+        &mut self,
+        s: &mut SourceLoop,
+        origin: Option<Instant>,
+    ) -> Result<Option<(Poll, u64, u64)>, TaskError> {
+        let router = match &mut self.tail {
+            Tail::Router(fanout) if s.scatter => fanout.scattering(),
+            _ => None,
+        };
+        let Some(router) = router else {
+            return Ok(None);
+        };
+        let mut into = router.scatter_into(origin, s.time.horizon());
+        let taken = match s.source.poll_scattered(&mut into, s.poll_size) {
+            Some(poll) => into.finish().map(|taken| Some((poll, taken))),
+            None => Ok(None),
+        };
+        self.report_blocked();
+        let Some((poll, taken)) = taken.map_err(|d| self.peer_stopped(d))? else {
+            s.scatter = false;
+            return Ok(None);
+        };
+        let poll = poll?;
+        if let Some(max) = taken.max_timestamp {
+            s.time.watermarks.observe(max);
+        }
+        Ok(Some((poll, taken.records, taken.beyond_horizon)))
     }
 
     /// Runs a polled batch through the chain; with no operator to run, hands
@@ -1180,14 +1210,6 @@ impl Task {
                 if let Some(recycled) = &l.recycled {
                     recycled.give_back(batch);
                 }
-                if let Some(w) = watermark.and_then(|w| l.watermarks.update(input, w)) {
-                    self.advance_watermark(w, origin)?;
-                }
-            }
-            Event::Rows { rows, watermark } => {
-                self.run_input_records(l, input, rows.records())?;
-                let origin = rows.records().origin();
-                drop(rows);
                 if let Some(w) = watermark.and_then(|w| l.watermarks.update(input, w)) {
                     self.advance_watermark(w, origin)?;
                 }

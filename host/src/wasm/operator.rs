@@ -25,7 +25,7 @@ use super::cache::{CacheOutcome, ModuleCache, module_digest};
 use super::engine::{SandboxEngine, SandboxPolicy};
 use super::host::{HostState, slot_key_in};
 use crate::graph::key_group;
-use crate::runtime::batch::{NO_KEY_GROUP, PREFETCH_AHEAD, RecordBatch, RecordRef, Records};
+use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch, Records};
 use crate::runtime::operator::{
     FailureKind, InstanceInfo, Operator, OperatorError, Output, RejectedRecord,
 };
@@ -1006,30 +1006,14 @@ impl WasmOperator {
         range: Range<usize>,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
-        // One copy of the loops per kind of view: deciding per record cost
-        // a keyed job at parallelism 1 about 3% of its throughput.
-        match input.whole() {
-            Some(batch) => self.process_records(|i| batch.get(i), |_| {}, range, out),
-            None => self.process_records(|i| input.get(i), |i| input.prefetch(i), range, out),
-        }
-    }
-
-    fn process_records<'r>(
-        &mut self,
-        get: impl Fn(usize) -> RecordRef<'r>,
-        prefetch: impl Fn(usize),
-        range: Range<usize>,
-        out: &mut Output,
-    ) -> Result<(), OperatorError> {
         self.assign_slots(range.clone().map(|i| {
-            prefetch(i + PREFETCH_AHEAD);
-            let r = get(i);
+            let r = input.get(i);
             (r.key, r.key_group)
         }))?;
         let slots = std::mem::take(&mut self.entry_slots);
         let mut w = self.begin_input(BatchKind::Records)?;
         for (i, slot) in range.zip(&slots) {
-            let r = get(i);
+            let r = input.get(i);
             w.record(*slot, r.timestamp, r.value);
         }
         w.finish();

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::graph::key_group;
 use crate::graph::spec::{WindowKind, WindowSpec};
-use crate::runtime::batch::{NO_KEY_GROUP, PREFETCH_AHEAD, Records};
+use crate::runtime::batch::{NO_KEY_GROUP, Records};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
 use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry};
 use crate::state::{StateId, StateKind};
@@ -337,7 +337,6 @@ impl Operator for WindowOperator {
         let late_index = self.side_outputs.len() - 1;
         let mut late = 0u64;
         for i in 0..input.len() {
-            input.prefetch(i + PREFETCH_AHEAD);
             let r = input.get(i);
             let group = if r.key_group == NO_KEY_GROUP {
                 key_group(r.key, self.info.max_parallelism)
