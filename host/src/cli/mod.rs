@@ -120,7 +120,8 @@ pub enum Command {
         /// Measured runs per variant; figures are medians.
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        #[arg(long, default_value_t = 256)]
+        /// Records per batch; default: a job's default.
+        #[arg(long, default_value_t = crate::graph::spec::BatchSpec::default().size)]
         batch_size: usize,
         #[command(flatten)]
         modules: ModuleArgs,

@@ -273,8 +273,11 @@ pub struct BatchSpec {
     pub linger: Duration,
 }
 
+/// About Flink's 32 KiB network buffer for records of a few dozen bytes.
+/// Against 256, the bench's keyed-count ran 6% faster at parallelism 1 and
+/// 10% at 2, window-count 2% and 5%; p99 latency stayed below 0.7 ms.
 fn default_batch_size() -> usize {
-    256
+    1024
 }
 
 fn default_linger() -> Duration {
