@@ -1500,7 +1500,7 @@ sink: {type: discard}
     fn minimal_spec_parses_with_defaults() {
         let spec = JobSpec::parse(MINIMAL).unwrap();
         assert_eq!(spec.max_parallelism, 128);
-        assert_eq!(spec.batch.size, 256);
+        assert_eq!(spec.batch.size, 1024);
         assert_eq!(spec.state, StateBackendKind::Memory);
     }
 
