@@ -347,9 +347,6 @@ impl Router {
         if batch.is_empty() {
             return Ok(());
         }
-        if self.handed_over {
-            self.flush_full()?;
-        }
         if self.oldest.is_none() {
             self.oldest = Some(Instant::now());
         }
@@ -449,10 +446,6 @@ impl Router {
     /// Starts taking records one at a time into the targets' batches (see
     /// [`Scatter`]); event times above `horizon` are counted apart.
     pub fn scatter_into(&mut self, origin: Option<Instant>, horizon: i64) -> Scatter<'_> {
-        for buffer in &mut self.buffers {
-            buffer.merge_origin(origin);
-        }
-        self.oldest.get_or_insert_with(Instant::now);
         Scatter {
             router: self,
             origin,
@@ -466,7 +459,8 @@ impl Router {
         }
     }
 
-    /// Appends a record to target `t`'s batch, sending that first if full.
+    /// Appends a record to target `t`'s batch, sending that first if full;
+    /// a batch started here is as old as `origin`.
     #[inline(always)]
     fn push_to(
         &mut self,
@@ -479,9 +473,12 @@ impl Router {
     ) -> Result<(), Disconnected> {
         if self.buffers[t].len() >= self.batch_size {
             self.flush_target(t)?;
-            self.buffers[t].origin = origin;
         }
-        self.buffers[t].push_with_group(key, value, timestamp, group);
+        let buffer = &mut self.buffers[t];
+        if buffer.is_empty() {
+            buffer.origin = origin;
+        }
+        buffer.push_with_group(key, value, timestamp, group);
         Ok(())
     }
 
@@ -624,7 +621,10 @@ impl Scatter<'_> {
 
     /// Marks the targets' batches for sending at the next flush.
     pub fn finish(self) -> Result<Scattered, Disconnected> {
-        self.router.handed_over = true;
+        if self.taken.records > 0 {
+            self.router.handed_over = true;
+            self.router.oldest.get_or_insert_with(Instant::now);
+        }
         self.failed.map_or(Ok(self.taken), Err)
     }
 }

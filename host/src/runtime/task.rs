@@ -356,7 +356,6 @@ pub struct Task {
     rejects: Rejects,
     rejected: Vec<RejectedRecord>,
     dead_letters: RecordBatch,
-    /// Rows of a shared batch copied together for a sink.
     /// Which input of the first operator the batch being run came from.
     head_input: u16,
     /// When the local histograms were last merged into the shared ones.
