@@ -24,9 +24,9 @@
 //! ([`Router::write_owned`]): to a single target it becomes that target's
 //! batch; among several it is divided in one pass. A source task with no
 //! operator divides its records as it makes them ([`Scatter`]), each
-//! written once, into the batch of the task that reads it. Either way the
-//! targets' batches go at the next flush, as the source polls a batch's
-//! worth per target.
+//! written once, into the batch of the task that reads it. Either way a
+//! divided poll's batches go at the next flush, full or not, as the source
+//! polls a batch's worth per target.
 //!
 //! Batches travel back: a receiver hands each records batch it is done with,
 //! emptied, to the senders feeding it ([`Recycled`]), and a sender starts its
@@ -134,8 +134,8 @@ pub struct Router {
     deferred: Vec<VecDeque<Envelope>>,
     /// Since when something has been waiting in `deferred`.
     deferred_since: Option<Instant>,
-    /// The targets' batches hold what was handed over whole: they go at
-    /// the next flush, full or not.
+    /// The targets' batches hold what a scatter divided among them: they go
+    /// at the next flush, full or not.
     handed_over: bool,
 }
 
@@ -446,6 +446,11 @@ impl Router {
     /// Starts taking records one at a time into the targets' batches (see
     /// [`Scatter`]); event times above `horizon` are counted apart.
     pub fn scatter_into(&mut self, origin: Option<Instant>, horizon: i64) -> Scatter<'_> {
+        debug_assert!(
+            matches!(self.mode, Partitioning::Key | Partitioning::Rebalance)
+                || self.targets.len() == 1,
+            "a scatter divides by key or in turn"
+        );
         Scatter {
             router: self,
             origin,

@@ -975,7 +975,12 @@ impl Task {
             time,
             poll_size,
             scatter: dividing_targets > 1,
-            batch: RecordBatch::with_capacity(poll_size, poll_size * 32),
+            // Unused while the source writes straight into the router.
+            batch: if dividing_targets > 1 {
+                RecordBatch::new()
+            } else {
+                RecordBatch::with_capacity(poll_size, poll_size * 32)
+            },
             last_watermark: Instant::now(),
             last_record: Instant::now(),
             idle: false,
