@@ -53,7 +53,7 @@ fn counter(instance: u32, parallelism: u32) -> Box<dyn Operator> {
 
 fn count_batch(op: &mut dyn Operator, out: &mut Output, batch: &RecordBatch) -> u64 {
     out.clear();
-    op.process(batch.into(), out).expect("keyed-count runs");
+    op.process(batch, out).expect("keyed-count runs");
     out.main.len() as u64
 }
 

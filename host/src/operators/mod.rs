@@ -4,7 +4,7 @@
 //! and the same record layout as the Wasm path.
 
 use crate::graph::key_group;
-use crate::runtime::batch::{NO_KEY_GROUP, Records};
+use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
 use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry, restore_entry};
 use crate::state::{StateBackend, StateId, StateKind};
@@ -64,7 +64,7 @@ impl Operator for Passthrough {
         Err(OperatorError::unexpected_state(&self.info))
     }
 
-    fn process(&mut self, input: Records<'_>, out: &mut Output) -> Result<(), OperatorError> {
+    fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError> {
         for r in input.iter() {
             let v = read_u64(&self.info, r.value)? + 1;
             if v % 2 == 0 {
@@ -97,7 +97,7 @@ impl Operator for KeyedCount {
         }
     }
 
-    fn process(&mut self, input: Records<'_>, out: &mut Output) -> Result<(), OperatorError> {
+    fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError> {
         for r in input.iter() {
             let group = if r.key_group == NO_KEY_GROUP {
                 key_group(r.key, self.info.max_parallelism)

@@ -11,7 +11,7 @@
 
 use std::ops::Range;
 
-use crate::runtime::batch::{RecordBatch, Records};
+use crate::runtime::batch::RecordBatch;
 use crate::state::StateError;
 use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry, SnapshotError};
 
@@ -167,7 +167,7 @@ pub trait Operator: Send {
     }
 
     /// Handles a batch of records.
-    fn process(&mut self, input: Records<'_>, out: &mut Output) -> Result<(), OperatorError>;
+    fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError>;
 
     /// Handles a batch of records from input `input` (0-based, in the
     /// order of the spec's `from`) of an operator with several inputs. An
@@ -175,7 +175,7 @@ pub trait Operator: Send {
     fn process_from(
         &mut self,
         input: u16,
-        batch: Records<'_>,
+        batch: &RecordBatch,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
         let _ = input;

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::graph::{Partitioning, instance_for_key_group, key_group};
-use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch, Records};
+use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 
 /// What travels between tasks.
 #[derive(Debug)]
@@ -342,8 +342,7 @@ impl Router {
     /// not as soon as it fills: a watermark issued after this write then
     /// rides on it (see [`Router::watermark`]; [`Router::flush_due`] sends
     /// what no watermark took).
-    pub fn write<'a>(&mut self, records: impl Into<Records<'a>>) -> Result<(), Disconnected> {
-        let batch = records.into();
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), Disconnected> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -362,27 +361,27 @@ impl Router {
                     let t = usize::from(self.target_of_group[group as usize]);
                     self.make_room(t)?;
                     self.buffers[t].push_with_group(r.key, r.value, r.timestamp, group);
-                    self.buffers[t].merge_origin(batch.origin());
+                    self.buffers[t].merge_origin(batch.origin);
                 }
                 Partitioning::Forward if n > 1 => {
                     // Planned only between equal parallelisms.
                     let t = self.instance as usize % n;
                     self.make_room(t)?;
                     self.buffers[t].push(r.key, r.value, r.timestamp);
-                    self.buffers[t].merge_origin(batch.origin());
+                    self.buffers[t].merge_origin(batch.origin);
                 }
                 Partitioning::Rebalance | Partitioning::Forward => {
                     let t = self.round_robin % n;
                     self.round_robin = self.round_robin.wrapping_add(1);
                     self.make_room(t)?;
                     self.buffers[t].push(r.key, r.value, r.timestamp);
-                    self.buffers[t].merge_origin(batch.origin());
+                    self.buffers[t].merge_origin(batch.origin);
                 }
                 Partitioning::Broadcast => {
                     for t in 0..n {
                         self.make_room(t)?;
                         self.buffers[t].push(r.key, r.value, r.timestamp);
-                        self.buffers[t].merge_origin(batch.origin());
+                        self.buffers[t].merge_origin(batch.origin);
                     }
                 }
             }
@@ -645,7 +644,7 @@ impl Fanout {
         Fanout { routers }
     }
 
-    pub fn write(&mut self, records: Records<'_>) -> Result<(), Disconnected> {
+    pub fn write(&mut self, records: &RecordBatch) -> Result<(), Disconnected> {
         for r in &mut self.routers {
             r.write(records)?;
         }
@@ -667,7 +666,7 @@ impl Fanout {
         if let [router] = self.routers.as_mut_slice() {
             return router.write_owned(batch);
         }
-        self.write(Records::from(&*batch))?;
+        self.write(&*batch)?;
         batch.clear();
         Ok(())
     }

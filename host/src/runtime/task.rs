@@ -47,7 +47,7 @@ use crate::checkpoint::{Barrier, CheckpointId};
 use crate::connectors::{ConnectorError, Poll, Sink, Source};
 use crate::graph::spec::OnError;
 use crate::metrics::{OperatorMetrics, TaskMetrics};
-use crate::runtime::batch::{RecordBatch, Records};
+use crate::runtime::batch::RecordBatch;
 use crate::runtime::latency::LatencyHistogram;
 use crate::runtime::operator::{Operator, OperatorError, Output, RejectedRecord};
 use crate::runtime::router::{Disconnected, Envelope, Event, Fanout, Recycled};
@@ -647,12 +647,12 @@ impl Task {
         }
     }
 
-    fn emit_tail(&mut self, batch: Records<'_>) -> Result<(), TaskError> {
+    fn emit_tail(&mut self, batch: &RecordBatch) -> Result<(), TaskError> {
         match &mut self.tail {
             Tail::Sink(sink) => {
                 if !batch.is_empty() {
-                    sink.write(batch.batch())?;
-                    if let Some(origin) = batch.origin() {
+                    sink.write(batch)?;
+                    if let Some(origin) = batch.origin {
                         let elapsed = origin.elapsed();
                         self.shared.latency.record(elapsed, batch.len() as u64);
                         self.metrics
@@ -709,7 +709,7 @@ impl Task {
     }
 
     /// Runs `input` through operators `from..` and into the tail.
-    fn run_chain(&mut self, from: usize, input: Records<'_>) -> Result<(), TaskError> {
+    fn run_chain(&mut self, from: usize, input: &RecordBatch) -> Result<(), TaskError> {
         if from == self.operators.len() {
             return self.emit_tail(input);
         }
@@ -717,11 +717,7 @@ impl Task {
             let (done, rest) = self.outputs.split_at_mut(i);
             let out = &mut rest[0];
             out.clear();
-            let source = if i == from {
-                input
-            } else {
-                Records::from(&done[i - 1].main)
-            };
+            let source = if i == from { input } else { &done[i - 1].main };
             let started = Instant::now();
             if i == 0 && self.head_input != 0 {
                 self.operators[i].process_from(self.head_input, source, out)?;
@@ -734,7 +730,7 @@ impl Task {
             m.bytes_in.inc_by(source.byte_len() as u64);
             m.records_out.inc_by(out.main.len() as u64);
             m.bytes_out.inc_by(out.main.byte_len() as u64);
-            out.main.origin = source.origin();
+            out.main.origin = source.origin;
             if !out.rejected.is_empty() {
                 let mut rejected = std::mem::take(&mut out.rejected);
                 let stage = self.link.operator_names[i].clone();
@@ -747,7 +743,7 @@ impl Task {
             }
         }
         let last = std::mem::take(&mut self.outputs[self.operators.len() - 1]);
-        let r = self.emit_tail(Records::from(&last.main));
+        let r = self.emit_tail(&last.main);
         self.outputs[self.operators.len() - 1] = last;
         r
     }
@@ -777,7 +773,7 @@ impl Task {
             self.route_side_outputs(i)?;
             if !self.outputs[i].main.is_empty() {
                 let emitted = std::mem::take(&mut self.outputs[i]);
-                let r = self.run_chain(i + 1, Records::from(&emitted.main));
+                let r = self.run_chain(i + 1, &emitted.main);
                 self.outputs[i] = emitted;
                 r?;
             }
@@ -1151,7 +1147,7 @@ impl Task {
                 self.report_blocked();
                 r
             }
-            _ => self.run_chain(0, Records::from(&*batch)),
+            _ => self.run_chain(0, &*batch),
         }
     }
 
@@ -1209,7 +1205,7 @@ impl Task {
         }
         match event {
             Event::Records { batch, watermark } => {
-                self.run_input_records(l, input, Records::from(&batch))?;
+                self.run_input_records(l, input, &batch)?;
                 let origin = batch.origin;
                 if let Some(recycled) = &l.recycled {
                     recycled.give_back(batch);
@@ -1284,7 +1280,7 @@ impl Task {
         &mut self,
         l: &mut InputLoop,
         input: usize,
-        records: Records<'_>,
+        records: &RecordBatch,
     ) -> Result<(), TaskError> {
         l.watermarks.activate(input);
         self.metrics

@@ -25,7 +25,7 @@ use super::cache::{CacheOutcome, ModuleCache, module_digest};
 use super::engine::{SandboxEngine, SandboxPolicy};
 use super::host::{HostState, slot_key_in};
 use crate::graph::key_group;
-use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch, Records};
+use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 use crate::runtime::operator::{
     FailureKind, InstanceInfo, Operator, OperatorError, Output, RejectedRecord,
 };
@@ -1002,7 +1002,7 @@ impl WasmOperator {
 
     fn process_range(
         &mut self,
-        input: Records<'_>,
+        input: &RecordBatch,
         range: Range<usize>,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
@@ -1023,7 +1023,7 @@ impl WasmOperator {
 
     fn process_isolated(
         &mut self,
-        input: Records<'_>,
+        input: &RecordBatch,
         range: Range<usize>,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
@@ -1093,7 +1093,7 @@ impl Operator for WasmOperator {
         &self.side_outputs
     }
 
-    fn process(&mut self, input: Records<'_>, out: &mut Output) -> Result<(), OperatorError> {
+    fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError> {
         if input.is_empty() {
             return Ok(());
         }
@@ -1106,7 +1106,7 @@ impl Operator for WasmOperator {
     fn process_from(
         &mut self,
         input: u16,
-        batch: Records<'_>,
+        batch: &RecordBatch,
         out: &mut Output,
     ) -> Result<(), OperatorError> {
         self.input_index = input;

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::graph::key_group;
 use crate::graph::spec::{WindowKind, WindowSpec};
-use crate::runtime::batch::{NO_KEY_GROUP, Records};
+use crate::runtime::batch::{NO_KEY_GROUP, RecordBatch};
 use crate::runtime::operator::{FailureKind, InstanceInfo, Operator, OperatorError, Output};
 use crate::state::snapshot::{KeyedSnapshot, SnapshotEntry};
 use crate::state::{StateId, StateKind};
@@ -332,7 +332,7 @@ impl Operator for WindowOperator {
         &self.side_outputs
     }
 
-    fn process(&mut self, input: Records<'_>, out: &mut Output) -> Result<(), OperatorError> {
+    fn process(&mut self, input: &RecordBatch, out: &mut Output) -> Result<(), OperatorError> {
         self.batch.clear();
         let late_index = self.side_outputs.len() - 1;
         let mut late = 0u64;
